@@ -1,0 +1,433 @@
+"""timm's model contract, written once for every zoo family.
+
+`ZooModel` holds what every backbone needs (device/dtype construction, input checks, the
+classifier API, weight-decay exclusions, grad checkpointing). `HierarchicalBackbone` adds the
+stem -> stages -> norm -> head layout of 4-stage models, `IsotropicBackbone` the
+patch-embed -> tokens -> blocks -> norm -> head layout of ViT-like models. A family subclasses
+one of them, builds its parts in `__init__` and calls `init_contract(...)`; feature_info,
+forward_intermediates, pruning, group_matcher and features_only then work without more code.
+"""
+
+import contextlib
+import fnmatch
+import functools
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+from timm.models import build_model_with_cfg
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+
+__all__ = ["ZooModel", "HierarchicalBackbone", "IsotropicBackbone", "build_zoo_model", "factory_defaults"]
+
+
+def _is_tracing() -> bool:
+    """True under torchscript or fx symbolic tracing, where python-side shape checks can't run."""
+    if torch.jit.is_scripting():
+        return True
+    is_symbolic = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None)
+    return bool(is_symbolic()) if is_symbolic is not None else False
+
+
+@contextlib.contextmanager
+def factory_defaults(device: Any = None, dtype: torch.dtype | None = None) -> Iterator[None]:
+    """Make tensor factories default to `device` and `dtype` while a model is being built.
+
+    This is how every zoo model honours `device=`/`dtype=` constructor arguments without each
+    family threading them through every layer: a model built on 'meta' has every tensor there.
+    """
+    if device is None and dtype is None:
+        yield
+        return
+    prev_dtype = torch.get_default_dtype()
+    with contextlib.ExitStack() as stack:
+        if device is not None:
+            stack.enter_context(torch.device(device))
+        if dtype is not None:
+            if not dtype.is_floating_point:
+                raise TypeError(f"dtype must be a floating point type, got {dtype}")
+            torch.set_default_dtype(dtype)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(prev_dtype)
+
+
+class ZooModel(nn.Module):
+    """Base of every zoo model: what timm's contract asks of any backbone.
+
+    Subclasses set, in `__init__`: `in_chans`, `num_classes`, `global_pool`, `num_features`,
+    `head_hidden_size`, `head` (a module with `.fc`, `reset(num_classes, pool_type)` and
+    `forward(x, pre_logits=False)`), and may override the class attributes below.
+    """
+
+    #: image height and width must be multiples of this (1: any size)
+    input_divisor: int = 1
+    #: smallest image side the model accepts
+    min_input_size: int = 1
+    #: parameter-name patterns (fnmatch on the leaf name) excluded from weight decay
+    no_weight_decay_keys: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give every subclass `device=`/`dtype=` keyword arguments, applied while it builds."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_zoo_wrapped", False):
+            return
+
+        @functools.wraps(init)
+        def __init__(self, *args: Any, device: Any = None, dtype: torch.dtype | None = None, **kw: Any) -> None:
+            with factory_defaults(device, dtype):
+                init(self, *args, **kw)
+
+        __init__._zoo_wrapped = True  # type: ignore[attr-defined]
+        cls.__init__ = __init__  # type: ignore[method-assign]
+
+    # ---- input checks -------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError naming the problem when `x` is not an image batch this model takes.
+
+        Callers guard it with `if not torch.jit.is_scripting()` so TorchScript compiles around it.
+        """
+        if _is_tracing():
+            return
+        name = type(self).__name__
+        if x.ndim != 4:
+            raise ValueError(f"{name} expects an image batch of shape [B, C, H, W], got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"{name} was built for {self.in_chans} input channels but the input has {x.shape[1]} "
+                f"(shape {tuple(x.shape)}); create the model with in_chans={x.shape[1]}"
+            )
+        self.check_img_size(int(x.shape[-2]), int(x.shape[-1]))
+
+    def check_img_size(self, height: int, width: int) -> None:
+        """Families override this when they take a narrower set of image sizes."""
+        name = type(self).__name__
+        if height < self.min_input_size or width < self.min_input_size:
+            raise ValueError(
+                f"{name} needs images of at least {self.min_input_size}x{self.min_input_size}, got {height}x{width}"
+            )
+        d = self.input_divisor
+        if height % d or width % d:
+            raise ValueError(f"{name} needs image height and width divisible by {d}, got {height}x{width}")
+
+    # ---- classifier ------------------------------------------------------------------------
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New classifier with `num_classes` outputs; pooling is kept unless `global_pool` is given."""
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        ref = next(self.parameters(), None)
+        with factory_defaults(*((ref.device, ref.dtype) if ref is not None else (None, None))):
+            self.head.reset(num_classes, pool_type=global_pool)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # ---- optimisation helpers ----------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        keys = self.no_weight_decay_keys
+        return {
+            n for n, _ in self.named_parameters()
+            if any(fnmatch.fnmatch(n.rsplit(".", 1)[-1], k) or fnmatch.fnmatch(n, k) for k in keys)
+        }
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for m in self.modules():
+            if m is not self and hasattr(m, "grad_checkpointing"):
+                m.grad_checkpointing = enable
+        self.grad_checkpointing = enable
+
+
+def _to_fmt(x: torch.Tensor, src: str, dst: str) -> torch.Tensor:
+    if src == dst:
+        return x
+    if src == "NHWC" and dst == "NCHW":
+        return x.permute(0, 3, 1, 2).contiguous()
+    if src == "NCHW" and dst == "NHWC":
+        return x.permute(0, 2, 3, 1).contiguous()
+    raise ValueError(f"cannot convert features from {src} to {dst}")
+
+
+class HierarchicalBackbone(ZooModel):
+    """stem -> stages (vitzoo.layers.Stage) -> norm -> head, for 4-stage pyramids.
+
+    A subclass builds `self.stem`, `self.stages` (nn.Sequential of Stage), `self.norm`
+    (applied to the last stage's output; nn.Identity if none) and `self.head`, then calls
+    `init_contract`. `output_fmt` is the layout stages produce ('NCHW' or 'NHWC').
+    """
+
+    output_fmt: str = "NCHW"
+
+    def init_contract(
+            self,
+            *,
+            in_chans: int,
+            num_classes: int,
+            global_pool: str,
+            dims: Sequence[int],
+            reductions: Sequence[int],
+            head_hidden_size: int | None = None,
+    ) -> None:
+        """Record what timm reads off a model: feature_info, num_features, head size, ..."""
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = int(dims[-1])
+        self.head_hidden_size = int(head_hidden_size or dims[-1])
+        self.feature_info = [
+            dict(num_chs=int(d), reduction=int(r), module=f"stages.{i}")
+            for i, (d, r) in enumerate(zip(dims, reductions))
+        ]
+        self.input_divisor = max(self.input_divisor, int(reductions[-1]))
+        self.grad_checkpointing = False
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm", (99999,)),
+            ],
+        )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs at `indices` (last n if int, all if None) in `output_fmt`, and the final features."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        num_stages = len(self.stages)
+        take_indices, max_index = feature_take_indices(num_stages, indices)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
+
+        intermediates = []
+        x = self.stem(x)
+        last = -1
+        for last, stage in enumerate(stages):
+            x = stage(x)
+            if last in take_indices:
+                x_inter = self.norm(x) if norm and last == num_stages - 1 else x
+                intermediates.append(_to_fmt(x_inter, self.output_fmt, output_fmt))
+        if intermediates_only:
+            return intermediates
+        if last == num_stages - 1:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: int | list[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the stages after the last index taken (and the norm/head if asked)."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+
+class TokenHead(nn.Module):
+    """Classifier over a token sequence: pool ('token' = first token, 'avg' = mean of patch tokens)."""
+
+    def __init__(self, in_features: int, num_classes: int, pool_type: str = "token",
+                 num_prefix_tokens: int = 1, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        if pool_type not in ("token", "avg", ""):
+            raise ValueError(f"global_pool must be 'token', 'avg' or '', got {pool_type!r}")
+        self.in_features = in_features
+        self.pool_type = pool_type
+        self.num_prefix_tokens = num_prefix_tokens
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def reset(self, num_classes: int, pool_type: str | None = None) -> None:
+        if pool_type is not None:
+            if pool_type not in ("token", "avg", ""):
+                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {pool_type!r}")
+            self.pool_type = pool_type
+        self.fc = nn.Linear(self.in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.pool_type == "token":
+            x = x[:, 0]
+        elif self.pool_type == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        x = self.drop(x)
+        return x if pre_logits else self.fc(x)
+
+
+class IsotropicBackbone(ZooModel):
+    """patch_embed -> [cls token, pos embed] -> blocks -> norm -> head, for ViT-like models.
+
+    A subclass builds `self.patch_embed` (timm PatchEmbed or alike, with `.grid_size` and
+    `.patch_size`), optional `self.cls_token` / `self.pos_embed` parameters (None if absent),
+    `self.pos_drop`, `self.blocks` (nn.Sequential), `self.norm` and `self.head` (TokenHead),
+    then calls `init_contract`. Tokens are [B, N, C]; intermediates come back as NCHW maps of
+    the patch tokens when their count still fills the grid, else as NLC.
+    """
+
+    #: when set, the image must be exactly this (H, W): the model has an absolute position embedding
+    fixed_input_size: tuple[int, int] | None = None
+
+    def init_contract(
+            self,
+            *,
+            in_chans: int,
+            num_classes: int,
+            global_pool: str,
+            embed_dim: int,
+            num_prefix_tokens: int,
+            reduction: int,
+            fixed_input_size: tuple[int, int] | None = None,
+    ) -> None:
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = int(embed_dim)
+        self.num_prefix_tokens = num_prefix_tokens
+        self.fixed_input_size = fixed_input_size
+        self.input_divisor = max(self.input_divisor, reduction)
+        self.feature_info = [
+            dict(num_chs=int(embed_dim), reduction=reduction, module=f"blocks.{i}") for i in range(len(self.blocks))
+        ]
+        self.grad_checkpointing = False
+
+    def check_img_size(self, height: int, width: int) -> None:
+        if self.fixed_input_size is not None and (height, width) != tuple(self.fixed_input_size):
+            h, w = self.fixed_input_size
+            raise ValueError(
+                f"{type(self).__name__} was built for {h}x{w} images (its position embedding has that grid), "
+                f"got {height}x{width}; create it with img_size=({height}, {width})"
+            )
+        super().check_img_size(height, width)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^cls_token|^pos_embed|^patch_embed",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        )
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "cls_token", None) is not None:
+            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        if getattr(self, "pos_embed", None) is not None:
+            x = x + self.pos_embed
+        return self.pos_drop(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        return self._pos_embed(self.patch_embed(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def _tokens_to_fmt(self, x: torch.Tensor, grid: tuple[int, int], output_fmt: str) -> torch.Tensor:
+        patches = x[:, self.num_prefix_tokens:]
+        if output_fmt == "NLC" or patches.shape[1] != grid[0] * grid[1]:
+            return patches
+        maps = patches.reshape(x.shape[0], grid[0], grid[1], -1)
+        return maps if output_fmt == "NHWC" else maps.permute(0, 3, 1, 2).contiguous()
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Block outputs at `indices` as NCHW/NHWC maps (NLC when tokens were dropped), and the final tokens."""
+        if output_fmt not in ("NCHW", "NHWC", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        grid = (x.shape[-2] // self.input_divisor, x.shape[-1] // self.input_divisor)
+        x = self.embed(x)
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
+        intermediates = []
+        for i, blk in enumerate(blocks):
+            x = blk(x)
+            if i in take_indices:
+                intermediates.append(self._tokens_to_fmt(self.norm(x) if norm else x, grid, output_fmt))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: int | list[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
+
+
+def build_zoo_model(
+        model_cls: type[nn.Module],
+        variant: str,
+        pretrained: bool = False,
+        filter_fn: Callable[[dict, nn.Module], dict] | None = None,
+        default_out_indices: int | tuple[int, ...] = (0, 1, 2, 3),
+        **kwargs: Any,
+) -> nn.Module:
+    """timm's `build_model_with_cfg` with the zoo's defaults: filtered weights, features via intermediates.
+
+    `features_only=True` returns a FeatureGetterNet over `forward_intermediates` (NCHW maps at
+    `out_indices`, default `default_out_indices`: all four stages of a pyramid; the last n
+    blocks, given as an int, of an isotropic model).
+    """
+    feature_cfg = dict(feature_cls="getter", out_indices=kwargs.pop("out_indices", default_out_indices))
+    return build_model_with_cfg(
+        model_cls,
+        variant,
+        pretrained,
+        pretrained_filter_fn=filter_fn,
+        feature_cfg=feature_cfg,
+        **kwargs,
+    )
