@@ -120,12 +120,12 @@ class ZooModel(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """New classifier with `num_classes` outputs; pooling is kept unless `global_pool` is given."""
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = global_pool
         ref = next(self.parameters(), None)
         with factory_defaults(*((ref.device, ref.dtype) if ref is not None else (None, None))):
             self.head.reset(num_classes, pool_type=global_pool)
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=True) if pre_logits else self.head(x)

@@ -1,0 +1,89 @@
+"""The MetaFormer classifier head: global pool -> norm -> [MLP hidden layer] -> fc.
+
+PoolFormer's head is `pool -> LayerNorm -> Linear`; ConvFormer/CAFormer add a hidden layer
+`fc1 -> SquaredReLU -> LayerNorm` (4x wide) before the classifier. The hidden layer is the
+head's `pre_logits`, so `forward(x, pre_logits=True)` returns it, `head_hidden_size` is its
+width, and `reset(num_classes)` swaps only `fc` (like timm's NormMlpClassifierHead).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from timm.layers import LayerNorm, LayerNorm2d, SelectAdaptivePool2d
+
+__all__ = ["MetaFormerHead", "SquaredReLU"]
+
+
+class SquaredReLU(nn.Module):
+    """`relu(x) ** 2` (Primer, https://arxiv.org/abs/2109.08668)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.square(torch.relu(x))
+
+
+class MetaFormerHead(nn.Module):
+    """`[B, C, H, W]` -> pool -> norm (NCHW LayerNorm on the pooled map) -> flatten -> drop -> [hidden] -> fc.
+
+    Args:
+        in_features: channels of the feature map.
+        num_classes: classifier outputs (0: `fc` is an identity).
+        pool_type: timm global pool name ('avg', 'max', ...); '' keeps the map (only with num_classes=0).
+        hidden_size: width of the MLP hidden layer; None for a plain linear classifier.
+        drop_rate: dropout before the hidden layer / classifier.
+        norm_layer: norm applied after pooling, on `[B, C, 1, 1]`.
+        act_layer: activation of the hidden layer.
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            num_classes: int,
+            pool_type: str = "avg",
+            hidden_size: int | None = None,
+            drop_rate: float = 0.0,
+            norm_layer: Callable[[int], nn.Module] = LayerNorm2d,
+            act_layer: Callable[[], nn.Module] = SquaredReLU,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.hidden_size = hidden_size
+        self.num_features = hidden_size or in_features
+        self._set_pool(pool_type, num_classes)
+        self.norm = norm_layer(in_features)
+        self.drop = nn.Dropout(drop_rate)
+        if hidden_size:
+            self.pre_logits = nn.Sequential(OrderedDict([
+                ("fc1", nn.Linear(in_features, hidden_size)),
+                ("act", act_layer()),
+                ("norm", LayerNorm(hidden_size)),
+            ]))
+        else:
+            self.pre_logits = nn.Identity()
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _set_pool(self, pool_type: str, num_classes: int) -> None:
+        if not pool_type and num_classes > 0:
+            raise ValueError("the MetaFormer head classifies pooled features: give a global_pool "
+                             f"(e.g. 'avg') or num_classes=0, got global_pool={pool_type!r}")
+        pool = SelectAdaptivePool2d(pool_type=pool_type)
+        if pool.feat_mult() != 1:
+            raise ValueError(f"global_pool {pool_type!r} changes the feature width; use 'avg' or 'max'")
+        self.global_pool = pool
+        self.flatten = nn.Flatten(1) if pool_type else nn.Identity()
+
+    def reset(self, num_classes: int, pool_type: str | None = None) -> None:
+        """New `fc` with `num_classes` outputs (and pool if given); the norm and hidden layer are kept."""
+        self._set_pool(self.global_pool.pool_type if pool_type is None else pool_type, num_classes)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        x = self.norm(x)
+        if self.global_pool.is_identity():
+            return x  # an unpooled map: normed, not projected
+        x = self.flatten(x)
+        x = self.pre_logits(self.drop(x))
+        return x if pre_logits else self.fc(x)
