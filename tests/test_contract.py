@@ -26,7 +26,11 @@ def _module_of(name: str) -> str:
 
 @lru_cache(maxsize=None)
 def _meta_param_count(name: str) -> int:
-    return sum(p.numel() for p in timm.create_model(name, device="meta").parameters())
+    """Parameter count from a meta-device build; -1 when the build fails (its own test then fails)."""
+    try:
+        return sum(p.numel() for p in timm.create_model(name, device="meta").parameters())
+    except Exception:  # noqa: BLE001 - reported by test_pretrained_cfg_and_meta_build
+        return -1
 
 
 def _smallest_per_family() -> list[str]:
@@ -109,7 +113,9 @@ def test_features_head_and_reset(name):
         feats = model.forward_features(x)
         pre = model.forward_head(feats, pre_logits=True)
         assert pre.shape == (1, model.head_hidden_size)
-        if feats.ndim == 4:
+        if isinstance(feats, (list, tuple)):  # multi-branch models (CrossViT): one token tensor per branch
+            assert sum(f.shape[-1] for f in feats) == model.num_features
+        elif feats.ndim == 4:
             assert feats.shape[get_channel_dim(fmt)] == model.num_features
             if cfg.get("pool_size"):
                 spatial = get_spatial_dim(fmt)
@@ -123,7 +129,7 @@ def test_features_head_and_reset(name):
         torch.testing.assert_close(pooled, pre)
         model.reset_classifier(7)
         assert model(x).shape == (1, 7)
-        if feats.ndim == 4:
+        if isinstance(feats, torch.Tensor) and feats.ndim == 4:
             model.reset_classifier(0, "")
             assert model(x).shape == feats.shape
 

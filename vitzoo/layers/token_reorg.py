@@ -1,0 +1,146 @@
+"""EViT token reorganisation: keep the image tokens the CLS token attends to, fuse the rest.
+
+Liang et al., "Not All Patches are What You Need: Expediting Vision Transformers via Token
+Reorganizations" (ICLR 2022, github.com/youweiliang/evit). In a reorganising block the step runs
+after the attention residual and before the MLP, so the MLP and every later block see fewer
+tokens. With `n` image tokens (everything after the CLS token, a previously fused token
+included) the block keeps `ceil(keep_rate * n)` of them, ordered by descending CLS attention
+(averaged over heads); when fusion is on, the others become one extra token at the end, their sum
+weighted by their (unnormalised) CLS attention. When that count is `n` nothing changes, as in
+the official code.
+
+`ReorgViTBlock` is the ViT block with this step; `vitzoo.layers.vit_block(..., token_reorg=...)`
+builds it, so any family built from the shared ViT block can switch EViT on per block.
+`keep_rate_at` is the official keep-rate warm-up (cosine from 1 down to the target).
+"""
+import math
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from .metaformer_block import MetaFormerBlock
+
+__all__ = ["TokenReorg", "ReorgViTBlock", "token_reorg_for", "check_reorg_locs", "set_keep_rate", "keep_rate_at"]
+
+
+def _check_keep_rate(keep_rate: float) -> float:
+    keep_rate = float(keep_rate)
+    if not 0.0 < keep_rate <= 1.0:
+        raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate}")
+    return keep_rate
+
+
+class TokenReorg(nn.Module):
+    """`[B, 1 + n, C]` tokens and the CLS attention `[B, 1 + n]` -> `[B, 1 + k (+1 fused), C]`.
+
+    Holds no parameters, so adding it to a block leaves the block's state dict unchanged.
+    `keep_rate` is the rate in use (the training schedule moves it), `target_keep_rate` the one
+    the model was built with.
+    """
+
+    def __init__(self, keep_rate: float = 0.7, fuse_token: bool = True) -> None:
+        super().__init__()
+        self.target_keep_rate = _check_keep_rate(keep_rate)
+        self.keep_rate = self.target_keep_rate
+        self.fuse_token = bool(fuse_token)
+
+    def extra_repr(self) -> str:
+        return f"keep_rate={self.keep_rate}, fuse_token={self.fuse_token}"
+
+    def num_kept(self, num_image_tokens: int) -> int:
+        """How many image tokens survive: `ceil(keep_rate * n)`, all of them when keep_rate is 1."""
+        if self.keep_rate >= 1.0:
+            return num_image_tokens
+        return math.ceil(self.keep_rate * num_image_tokens)
+
+    def drops(self, num_tokens: int) -> bool:
+        """True when a sequence of `num_tokens` (CLS included) would be reorganised."""
+        return self.num_kept(num_tokens - 1) < num_tokens - 1
+
+    def forward(self, x: torch.Tensor, cls_attn: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        if cls_attn.shape != (B, N):
+            raise ValueError(f"cls_attn must have shape {(B, N)} for tokens of shape {tuple(x.shape)}, "
+                             f"got {tuple(cls_attn.shape)}")
+        keep = self.num_kept(N - 1)
+        if keep >= N - 1:
+            return x
+        image_tokens, image_attn = x[:, 1:], cls_attn[:, 1:]
+        idx = image_attn.topk(keep, dim=1, largest=True, sorted=True).indices  # [B, keep]
+        kept = image_tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, C))
+        parts = [x[:, :1], kept]
+        if self.fuse_token:
+            dropped_weight = image_attn.scatter(1, idx, 0.0)  # attention of the tokens not kept
+            parts.append((image_tokens * dropped_weight.unsqueeze(-1)).sum(dim=1, keepdim=True))
+        return torch.cat(parts, dim=1)
+
+
+class ReorgViTBlock(MetaFormerBlock):
+    """The ViT block with EViT's step between the attention residual and the MLP.
+
+    The token mixer must provide `forward_with_cls_attn` (vitzoo.layers.attention.Attention
+    does). When the reorganisation would keep every token (keep rate 1.0) the block runs the
+    plain attention path and is exactly the ViT block.
+    """
+
+    def __init__(self, *args, token_reorg: TokenReorg, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not hasattr(self.token_mixer, "forward_with_cls_attn"):
+            raise TypeError(f"token reorganisation needs a token mixer with forward_with_cls_attn, "
+                            f"got {type(self.token_mixer).__name__}")
+        self.token_reorg = token_reorg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.token_reorg.drops(x.shape[1]):
+            return super().forward(x)
+        out, cls_attn = self.token_mixer.forward_with_cls_attn(self.norm1(x))
+        x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(out))
+        x = self.token_reorg(x, cls_attn)
+        return self.forward_mlp(x)
+
+
+def token_reorg_for(
+        index: int,
+        locs: Iterable[int] | None,
+        keep_rate: float = 0.7,
+        fuse_token: bool = True,
+) -> TokenReorg | None:
+    """The reorganisation for block `index` when it is one of `locs` (official: 3, 6, 9), else None."""
+    if not locs or index not in tuple(locs):
+        return None
+    return TokenReorg(keep_rate, fuse_token)
+
+
+def check_reorg_locs(locs: Iterable[int] | None, depth: int) -> tuple[int, ...]:
+    """Validate block indices for token reorganisation against the model depth."""
+    locs = tuple(int(i) for i in (locs or ()))
+    bad = [i for i in locs if not 0 <= i < depth]
+    if bad:
+        raise ValueError(f"token_reorg_locs {bad} are outside the model's blocks 0..{depth - 1}")
+    return locs
+
+
+def set_keep_rate(module: nn.Module, rate: float | None) -> None:
+    """Set the keep rate of every TokenReorg in `module`; None restores each one's target rate."""
+    for m in module.modules():
+        if isinstance(m, TokenReorg):
+            m.keep_rate = m.target_keep_rate if rate is None else _check_keep_rate(rate)
+
+
+def keep_rate_at(epoch: float, target: float, start: float = 10, end: float = 110) -> float:
+    """The official keep-rate warm-up: 1.0 before `start`, cosine down to `target` at `end`.
+
+    `epoch` may be fractional (`epoch + step / steps_per_epoch`): the official code updates the
+    rate every iteration, which is this function at that fractional epoch. Official defaults:
+    shrink_start_epoch 10, shrink_epochs 100 (so end = 110).
+    """
+    target = _check_keep_rate(target)
+    if end < start:
+        raise ValueError(f"end ({end}) must not come before start ({start})")
+    if epoch < start:
+        return 1.0
+    if epoch >= end:
+        return target
+    progress = (epoch - start) / (end - start)
+    return target + (1.0 - target) * 0.5 * (1.0 + math.cos(math.pi * progress))
