@@ -249,11 +249,17 @@ class HierarchicalBackbone(ZooModel):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> list[int]:
-        """Drop the stages after the last index taken (and the norm/head if asked)."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        """Drop the stages after the last index taken (and the norm/head if asked).
+
+        The final norm is sized for the last stage, so it goes too when stages are cut.
+        """
+        num_stages = len(self.stages)
+        take_indices, max_index = feature_take_indices(num_stages, indices)
         self.stages = self.stages[:max_index + 1]
-        if prune_norm:
+        if prune_norm or max_index < num_stages - 1:
             self.norm = nn.Identity()
+        if max_index < num_stages - 1:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
         if prune_head:
             self.reset_classifier(0, "")
         return take_indices

@@ -1,0 +1,176 @@
+"""Shifted-window self-attention (Swin's W-MSA / SW-MSA) as a token mixer on NHWC maps.
+
+`ShiftedWindowAttention` does the whole mixer so the block around it stays the generic
+MetaFormer block: cyclic shift -> pad to a multiple of the window -> partition -> qkv ->
+attention with relative position bias (+ shift mask) -> proj -> merge -> crop -> reverse shift.
+The order (roll before pad), the mask value (-100) and the mask regions follow timm 1.0.31, so
+its weights give the same outputs at every size.
+
+The attention math is one function, `window_attention`, so a fused kernel can replace it later.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import resize_rel_pos_bias_table, to_2tuple, trunc_normal_
+
+from .window import (
+    relative_position_bias, relative_position_index, shifted_window_mask, window_partition, window_reverse,
+)
+
+__all__ = ["window_attention", "ShiftedWindowAttention"]
+
+#: masks kept per mixer (one per padded map size/device/dtype seen); older ones are dropped
+_MASK_CACHE_SIZE = 4
+
+
+def window_attention(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor,
+        mask: torch.Tensor | None,
+        scale: float,
+        dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Attention inside windows: `softmax(q k^T * scale + bias [+ mask]) v`.
+
+    Args:
+        q, k, v: `[B * nW, heads, N, head_dim]` (N = tokens per window; windows of one image
+            are consecutive, so the batch dim is image-major).
+        bias: `[heads, N, N]` relative position bias, shared by every window.
+        mask: `[nW, N, N]` additive shift mask, one per window position, or None.
+        scale: logit scale.
+        dropout_p: attention dropout (training only).
+
+    Returns:
+        `[B * nW, heads, N, head_dim]`.
+    """
+    attn_bias = bias.unsqueeze(0)
+    if mask is not None:
+        num_win, n = mask.shape[0], mask.shape[-1]
+        heads = bias.shape[0]
+        # [nW, heads, N, N], repeated over images: SDPA wants one batch dim
+        attn_bias = (attn_bias + mask.unsqueeze(1)).unsqueeze(0).expand(q.shape[0] // num_win, -1, -1, -1, -1)
+        attn_bias = attn_bias.reshape(-1, heads, n, n)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)
+
+
+class ShiftedWindowAttention(nn.Module):
+    """`[B, H, W, C] -> [B, H, W, C]` multi-head attention in (optionally shifted) windows.
+
+    Args:
+        dim: channels.
+        num_heads: attention heads.
+        window_size: window (h, w) or int.
+        shift_size: cyclic shift (h, w) or int; 0 for plain windows.
+        head_dim: channels per head (default dim // num_heads).
+        qkv_bias: bias in the qkv projection.
+        attn_drop, proj_drop: dropout rates.
+
+    Parameter/buffer names follow timm: `qkv`, `proj`, `relative_position_bias_table` and the
+    non-persistent `relative_position_index`. Shift masks are built once per padded map size and
+    cached (timm keeps one as a buffer), so fixed-size inference never rebuilds them.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            window_size: int | tuple[int, int] = 7,
+            shift_size: int | tuple[int, int] = 0,
+            head_dim: int | None = None,
+            qkv_bias: bool = True,
+            attn_drop: float = 0.0,
+            proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}; pass head_dim")
+            head_dim = dim // num_heads
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.scale = head_dim ** -0.5
+        self.window_size = to_2tuple(window_size)
+        self.shift_size = to_2tuple(shift_size)
+        self._check_window()
+        wh, ww = self.window_size
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(wh, ww), persistent=False)
+        attn_dim = head_dim * num_heads
+        self.qkv = nn.Linear(dim, attn_dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(attn_dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self._masks: dict[tuple, torch.Tensor] = {}
+        trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def _check_window(self) -> None:
+        if any(w < 1 for w in self.window_size):
+            raise ValueError(f"window_size must be positive, got {self.window_size}")
+        if any(not 0 <= s < w for s, w in zip(self.shift_size, self.window_size)):
+            raise ValueError(f"shift_size {self.shift_size} must lie in [0, window_size {self.window_size})")
+
+    def set_window_size(self, window_size: int | tuple[int, int], shift_size: int | tuple[int, int]) -> None:
+        """Change the window (interpolating the bias table like timm) and the shift."""
+        window_size, shift_size = to_2tuple(window_size), to_2tuple(shift_size)
+        old = self.window_size
+        self.window_size, self.shift_size = window_size, shift_size
+        self._check_window()
+        self._masks.clear()
+        if window_size == old:
+            return
+        wh, ww = window_size
+        table = self.relative_position_bias_table
+        with torch.no_grad():
+            new = resize_rel_pos_bias_table(
+                table, new_window_size=window_size,
+                new_bias_shape=((2 * wh - 1) * (2 * ww - 1), self.num_heads), old_window_size=old)
+        self.relative_position_bias_table = nn.Parameter(new, requires_grad=table.requires_grad)
+        self.register_buffer(
+            "relative_position_index", relative_position_index(wh, ww, device=table.device), persistent=False)
+
+    def shift_mask(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+        """The cached `[nW, N, N]` shift mask for a padded `height x width` map."""
+        key = (height, width, like.device, like.dtype)
+        mask = self._masks.get(key)
+        if mask is None:
+            if len(self._masks) >= _MASK_CACHE_SIZE:
+                self._masks.clear()
+            mask = shifted_window_mask(height, width, self.window_size, self.shift_size, like.device, like.dtype)
+            self._masks[key] = mask
+        return mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        wh, ww = self.window_size
+        sh, sw = self.shift_size
+        has_shift = sh > 0 or sw > 0
+        if has_shift:
+            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+        pad_h, pad_w = (wh - H % wh) % wh, (ww - W % ww) % ww
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        Hp, Wp = H + pad_h, W + pad_w
+
+        windows = window_partition(x, self.window_size)  # [B*nW, N, C]
+        Bw, N, _ = windows.shape
+        q, k, v = self.qkv(windows).view(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = relative_position_bias(self.relative_position_bias_table, self.relative_position_index)
+        mask = self.shift_mask(Hp, Wp, x) if has_shift else None
+        out = window_attention(q, k, v, bias, mask, self.scale, self.attn_drop if self.training else 0.0)
+        out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(Bw, N, -1)))
+
+        x = window_reverse(out, self.window_size, Hp, Wp)
+        if pad_h or pad_w:
+            x = x[:, :H, :W].contiguous()
+        if has_shift:
+            x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
+        return x
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, "
+                f"shift_size={self.shift_size}")
