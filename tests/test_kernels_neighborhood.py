@@ -1,0 +1,528 @@
+"""Neighborhood attention ops (vitzoo.kernels.na1d / na2d): index rules, reference, Triton, op."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vitzoo.kernels import (fvcore_handles, na1d, na2d, na_flops, na_reference, neighbor_index,
+                            rpb_index, select_backend, window_start)
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+IS_CHILD = os.environ.get("VITZOO_NA_TEST_CHILD") == "1"
+
+
+# ----------------------------------------------------------------------------------------------
+# Oracles: NATTEN 0.17's per-axis rules written out case by case, and a dense masked attention.
+# ----------------------------------------------------------------------------------------------
+def natten_window_start(i: int, L: int, k: int, d: int) -> int:
+    r = k // 2
+    if d == 1:
+        start = max(i - r, 0)
+        return start + (L - i - r - 1 if i + r >= L else 0)
+    if i - r * d < 0:
+        return i % d
+    if i + r * d >= L:
+        full = (L // d) * d
+        rest = L - full
+        if i % d < rest:
+            return L - rest + i % d - 2 * r * d
+        return full + i % d - k * d
+    return i - r * d
+
+
+def natten_pb_start(i: int, L: int, k: int, d: int) -> int:
+    r = k // 2
+    if d == 1:
+        out = r
+        if i < r:
+            out += r - i
+        if i + r >= L:
+            out += L - i - 1 - r
+        return out
+    if i - r * d < 0:
+        return k - 1 - i // d
+    if i + r * d >= L:
+        return (L - i - 1) // d
+    return r
+
+
+def dense_na2d(q, k, v, ks, dil, rpb, scale):
+    """Full N x N attention with a mask built from the per-axis tables (tiny maps only)."""
+    B, H, W, nh, D = q.shape
+    keys_h, bias_h = neighbor_index(H, ks[0], dil[0]), rpb_index(H, ks[0], dil[0])
+    keys_w, bias_w = neighbor_index(W, ks[1], dil[1]), rpb_index(W, ks[1], dil[1])
+    bias = torch.full((nh, H, W, H, W), float("-inf"), dtype=q.dtype)
+    i, j, a, c = torch.meshgrid(torch.arange(H), torch.arange(W), torch.arange(ks[0]),
+                                torch.arange(ks[1]), indexing="ij")
+    val = rpb[:, bias_h[i, a], bias_w[j, c]] if rpb is not None else 0.0
+    bias[:, i, j, keys_h[i, a], keys_w[j, c]] = val  # each (query, neighbour) pair, no loops
+    logits = torch.einsum("bijhd,bxyhd->bhijxy", q, k) * scale + bias
+    p = logits.reshape(B, nh, H, W, H * W).softmax(-1).reshape(logits.shape)
+    return torch.einsum("bhijxy,bxyhd->bijhd", p, v)
+
+
+def _inputs(shape, dtype=torch.float64, rpb_shape=None, seed=0, grad=True):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(shape, generator=g, dtype=dtype).requires_grad_(grad) for _ in range(3))
+    rpb = None
+    if rpb_shape is not None:
+        rpb = torch.randn(rpb_shape, generator=g, dtype=dtype).requires_grad_(grad)
+    return q, k, v, rpb
+
+
+# ----------------------------------------------------------------------------------------------
+# (2) Index rules: hand-computed cases
+# ----------------------------------------------------------------------------------------------
+def test_index_rules_no_dilation_hand_computed():
+    # L=7, k=3: windows clamp at both borders, bias shifts there (NATTEN pb_start 2 / 1 / 0).
+    assert neighbor_index(7, 3).tolist() == [[0, 1, 2], [0, 1, 2], [1, 2, 3], [2, 3, 4],
+                                             [3, 4, 5], [4, 5, 6], [4, 5, 6]]
+    assert rpb_index(7, 3).tolist() == [[2, 3, 4]] + [[1, 2, 3]] * 5 + [[0, 1, 2]]
+    # k=5 on L=5: every query sees the whole axis; bias index = key - query + 4.
+    assert neighbor_index(5, 5).tolist() == [[0, 1, 2, 3, 4]] * 5
+    assert rpb_index(5, 5)[0].tolist() == [4, 5, 6, 7, 8]
+    assert rpb_index(5, 5)[4].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_index_rules_dilation_non_divisible_hand_computed():
+    # L=7, k=3, d=2: group 0 = (0,2,4,6) (length 4), group 1 = (1,3,5) (length 3).
+    assert neighbor_index(7, 3, 2).tolist() == [[0, 2, 4], [1, 3, 5], [0, 2, 4], [1, 3, 5],
+                                                [2, 4, 6], [1, 3, 5], [2, 4, 6]]
+    assert rpb_index(7, 3, 2).tolist() == [[2, 3, 4], [2, 3, 4], [1, 2, 3], [1, 2, 3],
+                                           [1, 2, 3], [0, 1, 2], [0, 1, 2]]
+    # L=10, k=3, d=3: groups (0,3,6,9) / (1,4,7) / (2,5,8).
+    keys, bias = neighbor_index(10, 3, 3), rpb_index(10, 3, 3)
+    assert keys[9].tolist() == [3, 6, 9] and bias[9].tolist() == [0, 1, 2]
+    assert keys[6].tolist() == [3, 6, 9] and bias[6].tolist() == [1, 2, 3]
+    assert keys[7].tolist() == [1, 4, 7] and bias[7].tolist() == [0, 1, 2]  # short group's end
+    assert keys[4].tolist() == [1, 4, 7] and bias[4].tolist() == [1, 2, 3]
+    assert keys[0].tolist() == [0, 3, 6] and bias[0].tolist() == [2, 3, 4]
+    assert window_start(8, 10, 3, 3) == 2 and window_start(9, 10, 3, 3) == 3
+
+
+@pytest.mark.parametrize("L,k,d", [(L, k, d) for L in (7, 10, 13, 16, 23) for k in (3, 5, 7)
+                                   for d in (1, 2, 3, 4) if k * d <= L])
+def test_index_rules_match_natten_formulas(L, k, d):
+    keys, bias = neighbor_index(L, k, d), rpb_index(L, k, d)
+    for i in range(L):
+        start = natten_window_start(i, L, k, d)
+        assert window_start(i, L, k, d) == start
+        assert keys[i].tolist() == [start + t * d for t in range(k)]
+        pb = natten_pb_start(i, L, k, d)
+        assert bias[i].tolist() == [pb + t for t in range(k)]
+        assert i in keys[i].tolist()  # a query always sees itself
+
+
+# ----------------------------------------------------------------------------------------------
+# (1) Reference vs dense masked attention (values and every gradient)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("hw,ks,dil,use_rpb", [
+    ((7, 9), (3, 3), (1, 1), True),
+    ((9, 11), (3, 3), (2, 3), True),     # dilation, non-divisible groups
+    ((12, 10), (5, 3), (2, 3), False),   # rectangular kernel, no rpb
+    ((7, 7), (7, 7), (1, 1), True),      # map exactly k
+    ((14, 10), (7, 5), (2, 2), True),    # map exactly k*d
+    ((15, 8), (3, 5), (5, 1), True),
+])
+def test_reference_matches_dense(hw, ks, dil, use_rpb):
+    nh = 2
+    q, k, v, rpb = _inputs((2, *hw, nh, 8), rpb_shape=(nh, 2 * ks[0] - 1, 2 * ks[1] - 1)
+                           if use_rpb else None)
+    out = na2d(q, k, v, ks, dil, rpb=rpb, scale=0.7)
+    want = dense_na2d(q, k, v, ks, dil, rpb, 0.7)
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    params = [t for t in (q, k, v, rpb) if t is not None]
+    go = torch.randn_like(out)
+    got = torch.autograd.grad(out, params, go)
+    exp = torch.autograd.grad(want, params, go)
+    for a, b in zip(got, exp):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_reference_1d_matches_dense():
+    q, k, v, rpb = _inputs((2, 13, 2, 8), rpb_shape=(2, 9))
+    out = na1d(q, k, v, 5, 2, rpb=rpb)
+    want = dense_na2d(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), (1, 5), (1, 2),
+                      rpb.unsqueeze(1), 8 ** -0.5).squeeze(1)
+    torch.testing.assert_close(out, want)
+    got = torch.autograd.grad(out.sum(), (q, rpb))
+    exp = torch.autograd.grad(want.sum(), (q, rpb))
+    for a, b in zip(got, exp):
+        torch.testing.assert_close(a, b)
+
+
+def test_reference_float32_and_noncontiguous_inputs():
+    qkv = torch.randn(1, 8, 9, 3, 2, 16)
+    q, k, v = qkv.unbind(3)  # strided views, as a qkv Linear gives them
+    out = na2d(q, k, v, 3, 2)
+    want = dense_na2d(q.double(), k.double(), v.double(), (3, 3), (2, 2), None, 0.25)
+    assert out.dtype == torch.float32 and out.shape == q.shape
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out, na_reference(q, k, v, 3, 2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+def test_validation_errors():
+    q = torch.randn(1, 6, 7, 2, 16)
+    with pytest.raises(ValueError, match="5-D heads-last"):
+        na2d(q[0], q[0], q[0], 3)
+    with pytest.raises(ValueError, match="same shape"):
+        na2d(q, q, q[:, :5], 3)
+    with pytest.raises(ValueError, match="odd"):
+        na2d(q, q, q, 4)
+    with pytest.raises(ValueError, match="odd"):
+        na2d(q, q, q, 15)
+    with pytest.raises(ValueError, match=r"3 \* 3 = 9 exceeds the feature map size 6.*pad"):
+        na2d(q, q, q, 3, 3)
+    with pytest.raises(ValueError, match=r"rpb must have shape .*\[2, 5, 5\]"):
+        na2d(q, q, q, 3, rpb=torch.zeros(2, 5, 4))
+    with pytest.raises(ValueError, match="4-D heads-last"):
+        na1d(q, q, q, 3)
+    with pytest.raises(TypeError, match="dtype"):
+        na2d(q, q, q.double(), 3)
+    with pytest.raises(ValueError, match="rpb must have shape"):
+        na1d(q[:, 0], q[:, 0], q[:, 0], 3, rpb=torch.zeros(2, 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# (3) Triton kernels in the interpreter (CPU). Runs in a child process so TRITON_INTERPRET=1 is
+# set before triton (imported by torch) is loaded.
+# ----------------------------------------------------------------------------------------------
+INTERP_CASES = [
+    # (B, H, W, heads, ks, dil, rpb, dtype)
+    (1, 5, 6, 2, (3, 3), (1, 1), True, "float32"),     # borders, non-square
+    (1, 9, 7, 1, (3, 3), (3, 2), True, "float32"),     # dilation, non-divisible groups
+    (2, 7, 8, 1, (5, 3), (1, 2), False, "float32"),    # no rpb, rectangular kernel
+    (1, 7, 7, 1, (7, 7), (1, 1), True, "float32"),     # map exactly k
+    (1, 6, 10, 1, (3, 5), (2, 2), True, "float32"),    # map exactly k*d
+    (1, 5, 6, 1, (3, 3), (1, 2), True, "bfloat16"),
+]
+
+
+def _check_triton_case(B, H, W, nh, ks, dil, use_rpb, dtype, device):
+    """Triton (forced through the custom op) vs the fp32 reference in values and gradients."""
+    import vitzoo.kernels._neighborhood_triton as tri
+
+    dtype = getattr(torch, dtype)
+    calls = []
+    fwd, bwd = tri.na2d_triton_forward, tri.na2d_triton_backward
+    tri.na2d_triton_forward = lambda *a: calls.append("f") or fwd(*a)
+    tri.na2d_triton_backward = lambda *a: calls.append("b") or bwd(*a)
+    try:
+        g = torch.Generator().manual_seed(B * 100 + H * 10 + W)
+        base = [torch.randn(B, H, W, nh, 16, generator=g) for _ in range(3)]
+        rpb0 = torch.randn(nh, 2 * ks[0] - 1, 2 * ks[1] - 1, generator=g) if use_rpb else None
+        go = torch.randn(B, H, W, nh, 16, generator=g)
+        q, k, v = (t.to(device, dtype).requires_grad_() for t in base)
+        rpb = rpb0.to(device).requires_grad_() if use_rpb else None
+        out = na2d(q, k, v, ks, dil, rpb=rpb)
+        grads = torch.autograd.grad(out, [t for t in (q, k, v, rpb) if t is not None],
+                                    go.to(device, dtype))
+        assert calls == ["f", "b"], f"Triton path not taken: {calls}"
+        qr, kr, vr = (t.to(dtype).double().requires_grad_() for t in base)
+        rr = rpb0.double().requires_grad_() if use_rpb else None
+        want = na_reference(qr, kr, vr, ks, dil, rpb=rr)
+        wgrads = torch.autograd.grad(want, [t for t in (qr, kr, vr, rr) if t is not None],
+                                     go.to(dtype).double())
+        tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+        torch.testing.assert_close(out.double().cpu(), want, **tol)
+        for name, a, b in zip(("dq", "dk", "dv", "drpb"), grads, wgrads):
+            torch.testing.assert_close(a.double().cpu(), b, **tol, msg=lambda m: f"{name}: {m}")
+    finally:
+        tri.na2d_triton_forward, tri.na2d_triton_backward = fwd, bwd
+
+
+@pytest.mark.skipif(not IS_CHILD, reason="runs inside test_triton_interpreter_matches_reference")
+def test_interp_child_cases():
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    assert os.environ.get("VITZOO_KERNELS") == "triton"
+    for case in INTERP_CASES:
+        _check_triton_case(*case, device="cpu")  # CPU tensors can only run in the interpreter
+        print("ok", case, flush=True)
+    # 1-D through the same kernels (a 1 x L map)
+    q, k, v, rpb = _inputs((1, 13, 2, 16), dtype=torch.float32, rpb_shape=(2, 9))
+    out = na1d(q, k, v, 5, 2, rpb=rpb)
+    got = torch.autograd.grad(out.sum(), (q, k, v, rpb))
+    want = na_reference(q, k, v, 5, 2, rpb=rpb)
+    exp = torch.autograd.grad(want.sum(), (q, k, v, rpb))
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+    for a, b in zip(got, exp):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # strided q/k/v views straight from a fused qkv tensor
+    qkv = torch.randn(1, 6, 5, 3, 2, 16)
+    torch.testing.assert_close(na2d(*qkv.unbind(3), 3, (2, 1)),
+                               na_reference(*qkv.unbind(3), 3, (2, 1)), rtol=1e-4, atol=1e-4)
+    print("ok 1d/strided", flush=True)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+@pytest.mark.skipif(IS_CHILD, reason="parent test")
+def test_triton_interpreter_matches_reference():
+    env = dict(os.environ, TRITON_INTERPRET="1", VITZOO_KERNELS="triton",
+               VITZOO_NA_TEST_CHILD="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+           str(Path(__file__).resolve()), "-k", "test_interp_child_cases"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    log = res.stdout[-4000:] + res.stderr[-2000:]
+    assert res.returncode == 0, log
+    assert "1 passed" in res.stdout, log
+    assert res.stdout.count("ok (") == len(INTERP_CASES) and "ok 1d/strided" in res.stdout, log
+
+
+# ----------------------------------------------------------------------------------------------
+# (4) The same kernel checks on a GPU (skipped without one)
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("case", [c[:7] for c in INTERP_CASES] +
+                         [(2, 14, 14, 4, (7, 7), (2, 2), True),
+                          (1, 28, 20, 2, (13, 13), (1, 1), True)])
+def test_triton_cuda_matches_reference(case, dtype, monkeypatch):
+    monkeypatch.setenv("VITZOO_KERNELS", "triton")
+    _check_triton_case(*case, dtype, device="cuda")
+
+
+def _compile_for_sm90(dtype: str, kernel_size: int, has_rpb: bool, head_dim: int):
+    """Ahead-of-time compile of the three kernels for an H100 (sm_90) target: no GPU needed, and
+    it runs the real lowering (types, layouts, PTX, ptxas) that the interpreter skips."""
+    triton = pytest.importorskip("triton")
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError:
+        pytest.skip("this triton has no ASTSource/GPUTarget API")
+    import vitzoo.kernels._neighborhood_triton as tri
+
+    tensors = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV"}
+    fp32 = {"RPB", "LSE", "DELTA", "DS"}
+    consts = dict(KH=kernel_size, KW=kernel_size, HAS_RPB=has_rpb, HEAD_DIM=head_dim,
+                  BLOCK_D=triton.next_power_of_2(head_dim), BLOCK_Q=32 if head_dim > 64 else 64)
+    for fn in (tri._na2d_fwd_kernel, tri._na2d_bwd_dq_kernel, tri._na2d_bwd_dkdv_kernel):
+        sig = {n: f"*{dtype}" if n in tensors else "*fp32" if n in fp32 else
+               "constexpr" if n in consts else "fp32" if n == "scale" else "i32"
+               for n in fn.arg_names}
+        try:
+            src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+        except TypeError:
+            pytest.skip("this triton's ASTSource takes other arguments")
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                  options=dict(num_warps=4, enable_fp_fusion=True))
+        assert compiled.asm.get("cubin"), fn.__name__
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+@pytest.mark.skipif(IS_CHILD, reason="parent test")
+def test_kernels_compile_for_h100():
+    _compile_for_sm90("bf16", 7, True, 32)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+@pytest.mark.parametrize("dtype,kernel_size,has_rpb,head_dim",
+                         [("fp32", 3, False, 16), ("fp16", 13, True, 128), ("bf16", 5, True, 64)])
+def test_kernels_compile_for_h100_more(dtype, kernel_size, has_rpb, head_dim):
+    _compile_for_sm90(dtype, kernel_size, has_rpb, head_dim)
+
+
+# ----------------------------------------------------------------------------------------------
+# (5) The custom op: opcheck, FLOP counters, torch.compile, meta tensors
+# ----------------------------------------------------------------------------------------------
+def test_opcheck(monkeypatch):
+    monkeypatch.setenv("VITZOO_KERNELS", "reference")
+    q, k, v, rpb = _inputs((1, 5, 6, 2, 8), dtype=torch.float32, rpb_shape=(2, 5, 5))
+    torch.library.opcheck(torch.ops.vitzoo.na2d.default, (q, k, v, rpb, [3, 3], [1, 2], 0.3))
+    torch.library.opcheck(torch.ops.vitzoo.na2d.default, (q, k, v, None, [3, 3], [2, 1], 0.3))
+    q1, k1, v1, r1 = _inputs((2, 9, 2, 8), dtype=torch.float32, rpb_shape=(2, 5))
+    torch.library.opcheck(torch.ops.vitzoo.na1d.default, (q1, k1, v1, r1, [3], [2], 0.3))
+
+
+def test_flop_counter_mode_counts_na2d():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    q, k, v, rpb = _inputs((2, 7, 8, 2, 16), dtype=torch.float32, rpb_shape=(2, 5, 5))
+    with FlopCounterMode(display=False) as counter:
+        na2d(q, k, v, 3, rpb=rpb).sum().backward()
+    counts = counter.get_flop_counts()["Global"]
+    fwd = 4 * 2 * 7 * 8 * 2 * 9 * 16
+    assert na_flops(q.shape, (3, 3)) == fwd
+    assert counts[torch.ops.vitzoo.na2d] == fwd
+    assert counts[torch.ops.vitzoo.na2d_backward] == 2 * fwd
+    with FlopCounterMode(display=False) as counter:
+        na1d(q[:, 0], k[:, 0], v[:, 0], 5)
+    assert counter.get_total_flops() == 4 * 2 * 8 * 2 * 5 * 16
+
+
+def test_fvcore_handles_count_na2d():
+    fvcore = pytest.importorskip("fvcore.nn")
+
+    class Mixer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rpb = torch.nn.Parameter(torch.zeros(2, 5, 5))
+
+        def forward(self, x):
+            q = x.view(x.shape[0], x.shape[1], x.shape[2], 2, 16)
+            return na2d(q, q, q, 3, 2, rpb=self.rpb)
+
+    handles = fvcore_handles()
+    assert "vitzoo::na2d" in handles and "vitzoo::na1d" in handles
+    x = torch.randn(1, 7, 9, 32)
+    analysis = fvcore.FlopCountAnalysis(Mixer(), x).set_op_handle(**handles)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    assert analysis.total() == na_flops((1, 7, 9, 2, 16), (3, 3))
+    assert "vitzoo::na2d" not in analysis.unsupported_ops()
+
+
+def test_torch_compile_fullgraph(monkeypatch):
+    # aot_eager: same tracing (dynamo + AOTAutograd, no graph break allowed) without the slow
+    # CPU inductor compile; the op itself is opaque to the compiler either way.
+    monkeypatch.setenv("VITZOO_KERNELS", "reference")
+    torch._dynamo.reset()
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = torch.nn.Linear(32, 96)
+            self.rpb = torch.nn.Parameter(torch.randn(2, 5, 5))
+
+        def forward(self, x):
+            B, H, W, C = x.shape
+            q, k, v = self.qkv(x).view(B, H, W, 3, 2, 16).unbind(3)
+            return na2d(q, k, v, 3, (1, 2), rpb=self.rpb).reshape(B, H, W, C)
+
+    block = Block()
+    x = torch.randn(2, 6, 7, 32)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.sum().backward()
+    g_compiled = block.rpb.grad.clone()
+    block.rpb.grad = None
+    ref = block(x)
+    ref.sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(g_compiled, block.rpb.grad)
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_inductor(monkeypatch):
+    monkeypatch.setenv("VITZOO_KERNELS", "reference")
+    torch._dynamo.reset()
+    q, k, v, rpb = _inputs((1, 6, 7, 2, 16), dtype=torch.float32, rpb_shape=(2, 5, 5))
+    fn = torch.compile(lambda q, k, v, r: na2d(q * 2, k, v, 3, (2, 1), rpb=r).sin(),
+                       fullgraph=True)
+    out = fn(q, k, v, rpb)
+    out.sum().backward()
+    torch.testing.assert_close(out, na2d(q * 2, k, v, 3, (2, 1), rpb=rpb).sin())
+    torch._dynamo.reset()
+
+
+def test_meta_tensors():
+    q = torch.empty(2, 56, 56, 2, 32, device="meta")
+    rpb = torch.empty(2, 13, 13, device="meta")
+    out = na2d(q, q, q, 7, 4, rpb=rpb)
+    assert out.device.type == "meta" and out.shape == q.shape
+    out1 = na1d(q[:, 0], q[:, 0], q[:, 0], 7, 2)
+    assert out1.shape == (2, 56, 2, 32) and out1.device.type == "meta"
+
+
+# ----------------------------------------------------------------------------------------------
+# (6) Dispatch rule
+# ----------------------------------------------------------------------------------------------
+def test_dispatch_rule(monkeypatch):
+    cpu = torch.zeros(1)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("VITZOO_KERNELS", raising=False)
+    assert select_backend("na2d", [cpu]) == "reference"          # auto + CPU
+    monkeypatch.setenv("VITZOO_KERNELS", "reference")
+    assert select_backend("na2d", [cpu]) == "reference"
+    monkeypatch.setenv("VITZOO_KERNELS", "bogus")
+    with pytest.raises(ValueError, match="VITZOO_KERNELS"):
+        select_backend("na2d", [cpu])
+    monkeypatch.setenv("VITZOO_KERNELS", "triton")
+    with pytest.raises(RuntimeError, match="VITZOO_KERNELS=triton but na2d cannot run"):
+        select_backend("na2d", [cpu])
+    if HAS_TRITON:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert select_backend("na2d", [cpu]) == "triton"          # interpreter takes CPU tensors
+        with pytest.raises(RuntimeError, match="head_dim 8"):
+            select_backend("na2d", [cpu], "head_dim 8 is outside [16, 128]")
+        monkeypatch.setenv("VITZOO_KERNELS", "auto")
+        assert select_backend("na2d", [cpu]) == "reference"       # auto never picks CPU Triton
+
+
+def test_explicit_triton_raises_through_na2d(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("VITZOO_KERNELS", "triton")
+    q = torch.randn(1, 5, 5, 1, 16)
+    with pytest.raises(RuntimeError, match="Triton kernel"):
+        na2d(q, q, q, 3)
+    monkeypatch.setenv("VITZOO_KERNELS", "auto")
+    assert na2d(q, q, q, 3).shape == q.shape
+
+
+def test_import_is_lazy_and_quiet():
+    code = ("import warnings, sys; warnings.simplefilter('error'); import vitzoo.kernels; "
+            "print('vitzoo.kernels._neighborhood_triton' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark tool smoke test (CPU mode)
+# ----------------------------------------------------------------------------------------------
+def test_bench_kernels_cpu_smoke(tmp_path, capsys):
+    """Runs tools/bench_kernels.py in-process (the package is already imported: fast)."""
+    spec = importlib.util.spec_from_file_location("bench_kernels",
+                                                  ROOT / "tools" / "bench_kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--allow-cpu", "--quick", "--out-dir", str(tmp_path)]) == 0
+    results = list(tmp_path.glob("*.json"))
+    assert len(results) == 1 and len(list(tmp_path.glob("*.md"))) == 1
+    data = json.loads(results[0].read_text())
+    assert data["device"] == "cpu" and data["torch"] == torch.__version__ and data["command"]
+    assert data["rows"] and all(r["reference_fwd_ms"] > 0 and r["reference_fwdbwd_ms"] > 0
+                                and r["sdpa_fwd_ms"] > 0 for r in data["rows"])
+    assert {r["dilation"] for r in data["rows"]} == {1, 2}
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert bench.main(["--out-dir", str(tmp_path / "none")]) == 0
+        assert "no GPU" in capsys.readouterr().out
+        assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_bench_flex_mask_matches_reference():
+    """The FlexAttention baseline in the benchmark computes the same neighbourhood + bias."""
+    flex_mod = pytest.importorskip("torch.nn.attention.flex_attention")
+    spec = importlib.util.spec_from_file_location("bench_kernels",
+                                                  ROOT / "tools" / "bench_kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    H, W, k, dil, nh = 9, 11, 3, 3, 2
+    q, kk, v, rpb = _inputs((1, H, W, nh, 16), dtype=torch.float32, rpb_shape=(nh, 5, 5),
+                            grad=False)
+    mask_mod, score_mod = bench._neighbourhood_mods(H, W, k, dil, rpb)
+    block_mask = flex_mod.create_block_mask(mask_mod, None, None, H * W, H * W, device="cpu")
+
+    def heads_first(x):
+        return x.reshape(1, H * W, nh, 16).transpose(1, 2)
+
+    out = flex_mod.flex_attention(heads_first(q), heads_first(kk), heads_first(v),
+                                  score_mod=score_mod, block_mask=block_mask, scale=0.25)
+    out = out.transpose(1, 2).reshape(q.shape)
+    torch.testing.assert_close(out, na_reference(q, kk, v, k, dil, rpb=rpb), rtol=1e-5, atol=1e-5)

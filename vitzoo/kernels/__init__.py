@@ -1,0 +1,27 @@
+"""vitzoo kernels: attention ops as plain functions on tensors.
+
+Layout: heads-last, ``[B, *spatial, heads, head_dim]`` (``[B, H, W, heads, d]`` for 2-D ops,
+``[B, L, heads, d]`` for 1-D), exactly what a qkv ``Linear`` followed by a reshape produces, so
+no permute copies are needed between the projection and the kernel.
+
+Dispatch (one rule for every op, see ``vitzoo/kernels/_dispatch.py``): the fused Triton kernels
+run when the tensors are on CUDA and the shape/dtype is supported, otherwise the PyTorch
+reference runs (CPU included). ``VITZOO_KERNELS=reference|triton|auto`` overrides it at call
+time; ``triton`` raises instead of falling back when Triton cannot run. With
+``TRITON_INTERPRET=1`` and ``VITZOO_KERNELS=triton`` the Triton kernels run on CPU tensors in
+Triton's interpreter (how the tests check them without a GPU).
+
+Every op is a ``torch.library.custom_op`` (``vitzoo::na1d``, ``vitzoo::na2d``) with a fake
+implementation, autograd and a FLOP formula, so ``torch.compile(fullgraph=True)`` and
+``torch.utils.flop_counter.FlopCounterMode`` see one op; ``fvcore_handles()`` gives fvcore the
+same counts: ``FlopCountAnalysis(model, x).set_op_handle(**fvcore_handles())``.
+"""
+from ._dispatch import kernel_mode, select_backend, triton_available, triton_interpreting
+from ._flops import fvcore_handles
+from .neighborhood import (na1d, na2d, na_flops, na_reference, neighbor_index, rpb_index,
+                           window_start)
+
+__all__ = [
+    "na1d", "na2d", "na_reference", "na_flops", "window_start", "neighbor_index", "rpb_index",
+    "fvcore_handles", "kernel_mode", "select_backend", "triton_available", "triton_interpreting",
+]
