@@ -36,17 +36,22 @@ class Attention(nn.Module):
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return qkv.unbind(0)
+        q, k, v = qkv.unbind(0)  # unpacked: TorchScript types unbind's result as a list
+        return q, k, v
 
     def _out(self, x: torch.Tensor) -> torch.Tensor:
         B, _, N, _ = x.shape
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, -1)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention of `forward`, callable by subclasses (TorchScript compiles no `super()` calls)."""
         q, k, v = self._qkv(x)
         x = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
         return self._out(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x)
 
     def forward_with_cls_attn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Output and the CLS token's attention to all tokens, averaged over heads: `[B, N]`."""

@@ -3,8 +3,6 @@
 MetaFormer fixes the head width (32) rather than the head count, and its qkv and output
 projections have no bias. Everything else is vitzoo.layers.attention.Attention.
 """
-from __future__ import annotations
-
 import torch.nn as nn
 
 from .attention import Attention

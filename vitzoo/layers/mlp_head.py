@@ -5,8 +5,6 @@ PoolFormer's head is `pool -> LayerNorm -> Linear`; ConvFormer/CAFormer add a hi
 head's `pre_logits`, so `forward(x, pre_logits=True)` returns it, `head_hidden_size` is its
 width, and `reset(num_classes)` swaps only `fc` (like timm's NormMlpClassifierHead).
 """
-from __future__ import annotations
-
 from collections import OrderedDict
 from typing import Callable
 

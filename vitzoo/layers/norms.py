@@ -3,8 +3,6 @@
 timm.layers has the biased versions (GroupNorm1, LayerNorm2d, LayerNorm); the official
 MetaFormer baselines drop the bias term and use eps=1e-6, so checkpoints carry only `.weight`.
 """
-from __future__ import annotations
-
 from timm.layers import GroupNorm1, LayerNorm, LayerNorm2d
 
 __all__ = ["GroupNorm1NoBias", "LayerNorm2dNoBias", "LayerNormNoBias"]

@@ -1,6 +1,4 @@
 """PoolFormer's token mixer: local average pooling minus the input (the block adds the input back)."""
-from __future__ import annotations
-
 import torch
 import torch.nn as nn
 

@@ -4,8 +4,6 @@ NCHW throughout, with the pointwise projections as 1x1 convs (the layout timm us
 ConvFormer stage runs without permutes. Official checkpoints store the pointwise weights as
 Linear `[out, in]`; the model's checkpoint filter reshapes them to `[out, in, 1, 1]`.
 """
-from __future__ import annotations
-
 from typing import Callable
 
 import torch

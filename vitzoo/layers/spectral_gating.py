@@ -15,13 +15,12 @@ real and imaginary parts over `(H, W // 2 + 1)` with `align_corners=True` - the 
 fine-tuning script applies to `complex_weight` when it changes the input resolution. At the grid
 it was built for the filter is used as is (no interpolation), so outputs there are exact.
 """
-from __future__ import annotations
-
-from typing import Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 __all__ = ["SpectralGating", "resize_spectral_filter", "spectral_filter_size"]
 
@@ -32,25 +31,26 @@ def spectral_filter_size(grid_size: Sequence[int]) -> tuple[int, int]:
     return h, w // 2 + 1
 
 
-def resize_spectral_filter(weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def resize_spectral_filter(weight: torch.Tensor, size: List[int]) -> torch.Tensor:
     """Resize a filter `[h, w, C, 2]` to `[size[0], size[1], C, 2]` (bicubic, align_corners=True).
 
     Returns `weight` itself when it already has that size. Interpolation runs in float32 and
     the result has the dtype of `weight`.
     """
     if weight.ndim != 4 or weight.shape[-1] != 2:
-        raise ValueError(f"a spectral filter has shape [h, w, C, 2], got {tuple(weight.shape)}")
+        raise ValueError("a spectral filter has shape [h, w, C, 2], got " + str(list(weight.shape)))
     h, w, c, _ = weight.shape
-    size = (int(size[0]), int(size[1]))
-    if (h, w) == size:
+    sh, sw = int(size[0]), int(size[1])
+    if h == sh and w == sw:
         return weight
-    if min(size) < 1:
-        raise ValueError(f"filter size must be positive, got {size}")
+    if sh < 1 or sw < 1:
+        raise ValueError("filter size must be positive, got " + str([sh, sw]))
     x = weight.float().reshape(1, h, w, c * 2).permute(0, 3, 1, 2)
-    x = F.interpolate(x, size=size, mode="bicubic", align_corners=True)
-    return x.permute(0, 2, 3, 1).reshape(size[0], size[1], c, 2).to(weight.dtype)
+    x = F.interpolate(x, size=[sh, sw], mode="bicubic", align_corners=True)
+    return x.permute(0, 2, 3, 1).reshape(sh, sw, c, 2).to(weight.dtype)
 
 
+@register_notrace_module  # its layout and filter size follow the input's shape: an FX leaf, like timm's
 class SpectralGating(nn.Module):
     """Global filter over a token grid; `[B, H, W, C]` or `[B, N, C]` in, same shape out.
 
@@ -62,6 +62,8 @@ class SpectralGating(nn.Module):
     NLC input needs its grid: `token_grid` (set by the model that owns the mixer for the
     current input) or, when that is None, a square grid of `sqrt(N)` (the official rule).
     """
+
+    token_grid: Optional[Tuple[int, int]]
 
     def __init__(self, dim: int, grid_size: Sequence[int] = (14, 14)) -> None:
         super().__init__()
@@ -78,38 +80,39 @@ class SpectralGating(nn.Module):
     def extra_repr(self) -> str:
         return f"dim={self.dim}, grid_size={self.grid_size}"
 
-    def _grid_of(self, n: int) -> tuple[int, int]:
-        if self.token_grid is not None:
-            h, w = self.token_grid
+    def _grid_of(self, n: int) -> Tuple[int, int]:
+        grid = self.token_grid
+        if grid is not None:
+            h, w = grid
             if h * w != n:
-                raise ValueError(f"SpectralGating got {n} tokens but its token_grid is {h}x{w} ({h * w} tokens)")
+                raise ValueError("SpectralGating got " + str(n) + " tokens but its token_grid is "
+                                 + str(h) + "x" + str(w) + " (" + str(h * w) + " tokens)")
             return int(h), int(w)
         side = int(round(n ** 0.5))
         if side * side != n:
-            raise ValueError(
-                f"SpectralGating got {n} tokens, not a square grid; pass [B, H, W, C] or set token_grid")
+            raise ValueError("SpectralGating got " + str(n) + " tokens, not a square grid; "
+                             "pass [B, H, W, C] or set token_grid")
         return side, side
 
-    def filter_for(self, grid: Sequence[int]) -> torch.Tensor:
+    def filter_for(self, grid: Tuple[int, int]) -> torch.Tensor:
         """The complex filter `[H, W // 2 + 1, C]` (complex64) for an `H x W` token grid."""
-        weight = resize_spectral_filter(self.complex_weight, spectral_filter_size(grid))
+        weight = resize_spectral_filter(self.complex_weight, [int(grid[0]), int(grid[1]) // 2 + 1])
         return torch.view_as_complex(weight.float().contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 4:
-            tokens = None
-            B, H, W, C = x.shape
-        elif x.ndim == 3:
-            tokens = x.shape
+        if x.ndim != 3 and x.ndim != 4:
+            raise ValueError("SpectralGating expects [B, H, W, C] or [B, N, C], got shape " + str(list(x.shape)))
+        if x.shape[-1] != self.dim:
+            raise ValueError("SpectralGating was built for " + str(self.dim) + " channels, got "
+                             + str(x.shape[-1]))
+        shape = x.shape
+        if x.ndim == 3:
             B, N, C = x.shape
             H, W = self._grid_of(N)
             x = x.reshape(B, H, W, C)
-        else:
-            raise ValueError(f"SpectralGating expects [B, H, W, C] or [B, N, C], got shape {tuple(x.shape)}")
-        if C != self.dim:
-            raise ValueError(f"SpectralGating was built for {self.dim} channels, got {C}")
+        H, W = x.shape[1], x.shape[2]
         dtype = x.dtype
         spec = torch.fft.rfft2(x.float(), dim=(1, 2), norm="ortho")
         spec = spec * self.filter_for((H, W))
-        x = torch.fft.irfft2(spec, s=(H, W), dim=(1, 2), norm="ortho").to(dtype)
-        return x if tokens is None else x.reshape(tokens)
+        x = torch.fft.irfft2(spec, s=[H, W], dim=(1, 2), norm="ortho").to(dtype)
+        return x.reshape(shape)

@@ -18,6 +18,7 @@ from typing import Iterable
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 
 from .metaformer_block import MetaFormerBlock
 
@@ -58,11 +59,17 @@ class TokenReorg(nn.Module):
         """True when a sequence of `num_tokens` (CLS included) would be reorganised."""
         return self.num_kept(num_tokens - 1) < num_tokens - 1
 
-    def forward(self, x: torch.Tensor, cls_attn: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        if cls_attn.shape != (B, N):
+    @torch.jit.unused
+    def _check_attn(self, x: torch.Tensor, cls_attn: torch.Tensor) -> None:
+        B, N, _ = x.shape
+        if tuple(cls_attn.shape) != (B, N):
             raise ValueError(f"cls_attn must have shape {(B, N)} for tokens of shape {tuple(x.shape)}, "
                              f"got {tuple(cls_attn.shape)}")
+
+    def forward(self, x: torch.Tensor, cls_attn: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        if not torch.jit.is_scripting():
+            self._check_attn(x, cls_attn)
         keep = self.num_kept(N - 1)
         if keep >= N - 1:
             return x
@@ -76,6 +83,7 @@ class TokenReorg(nn.Module):
         return torch.cat(parts, dim=1)
 
 
+@register_notrace_module  # how many tokens survive depends on the token count: an FX leaf, like timm's
 class ReorgViTBlock(MetaFormerBlock):
     """The ViT block with EViT's step between the attention residual and the MLP.
 
@@ -93,7 +101,7 @@ class ReorgViTBlock(MetaFormerBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.token_reorg.drops(x.shape[1]):
-            return super().forward(x)
+            return self.forward_mlp(self.forward_mixer(x))  # the plain ViT block (no super() in TorchScript)
         out, cls_attn = self.token_mixer.forward_with_cls_attn(self.norm1(x))
         x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(out))
         x = self.token_reorg(x, cls_attn)

@@ -14,7 +14,7 @@ other branch's patch tokens (`vitzoo.layers.cross_attention`) and is projected b
 LayerNorm and a classifier per branch, the logits averaged.
 """
 import re
-from typing import Any, Sequence
+from typing import Any, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -109,13 +109,16 @@ class MultiScaleBlock(nn.Module):
         ])
         self.revert_projs = nn.ModuleList([_proj(dims[(b + 1) % nb], dims[b]) for b in range(nb)])
 
-    def forward(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        xs = [blocks(x) for blocks, x in zip(self.blocks, xs)]
-        outs = []
-        for b in range(self.num_branches):
-            other = xs[(b + 1) % self.num_branches]
-            cls = self.fusion[b](torch.cat((self.projs[b](xs[b][:, :1]), other[:, 1:]), dim=1))
-            outs.append(torch.cat((self.revert_projs[b](cls), xs[b][:, 1:]), dim=1))
+    def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
+        # module lists are iterated with enumerate/zip only: TorchScript cannot index them by a variable
+        ys: List[torch.Tensor] = []
+        for b, blocks in enumerate(self.blocks):
+            ys.append(blocks(xs[b]))
+        outs: List[torch.Tensor] = []
+        for b, (proj, fusion, revert_proj) in enumerate(zip(self.projs, self.fusion, self.revert_projs)):
+            other = ys[(b + 1) % self.num_branches]
+            cls = fusion(torch.cat((proj(ys[b][:, :1]), other[:, 1:]), dim=1))
+            outs.append(torch.cat((revert_proj(cls), ys[b][:, 1:]), dim=1))
         return outs
 
 
@@ -127,6 +130,7 @@ class BranchHeads(nn.Module):
         self.dims = tuple(dims)
         self.pool_type = self._check_pool(pool_type)
         self.drop = nn.Dropout(drop_rate)
+        self.num_classes = num_classes
         self.fc = self._make_fc(num_classes)
 
     @staticmethod
@@ -141,25 +145,32 @@ class BranchHeads(nn.Module):
     def reset(self, num_classes: int, pool_type: str | None = None) -> None:
         if pool_type:
             self.pool_type = self._check_pool(pool_type)
+        self.num_classes = num_classes
         self.fc = self._make_fc(num_classes)
 
-    def forward(self, xs: list[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
-        pooled = [x[:, 1:].mean(dim=1) if self.pool_type == "avg" else x[:, 0] for x in xs]
-        pooled = [self.drop(p) for p in pooled]
-        if pre_logits or isinstance(self.fc[0], nn.Identity):
+    def forward(self, xs: List[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
+        pooled = [self.drop(x[:, 1:].mean(dim=1) if self.pool_type == "avg" else x[:, 0]) for x in xs]
+        if pre_logits or self.num_classes == 0:
             return torch.cat(pooled, dim=1)
-        return torch.stack([fc(p) for fc, p in zip(self.fc, pooled)]).mean(dim=0)
+        logits: List[torch.Tensor] = []
+        for b, fc in enumerate(self.fc):
+            logits.append(fc(pooled[b]))
+        return torch.stack(logits).mean(dim=0)
 
 
-def _scale_image(x: torch.Tensor, size: tuple[int, int], crop: bool) -> torch.Tensor:
-    """The branch's view of the image: unchanged, centre-cropped (`crop`) or bicubically resized."""
-    H, W = x.shape[-2:]
-    if (H, W) == tuple(size):
+def _scale_image(x: torch.Tensor, in_size: Tuple[int, int], size: Tuple[int, int], crop: bool) -> torch.Tensor:
+    """The branch's view of an `in_size` image: unchanged, centre-cropped (`crop`) or bicubically resized.
+
+    The choice depends on the sizes the model was built for, never on `x.shape`, so FX traces it
+    (the model checks that the image has `in_size`).
+    """
+    H, W = in_size
+    if H == size[0] and W == size[1]:
         return x
     if crop and size[0] <= H and size[1] <= W:
         top, left = int(round((H - size[0]) / 2.0)), int(round((W - size[1]) / 2.0))
         return x[:, :, top:top + size[0], left:left + size[1]]
-    return F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+    return F.interpolate(x, size=[size[0], size[1]], mode="bicubic", align_corners=False)
 
 
 def init_crossvit_weights(module: nn.Module) -> None:
@@ -217,8 +228,8 @@ class CrossViT(ZooModel):
             raise ValueError("CrossViT has two branches: patch_size, embed_dim, num_heads and img_scale need 2 entries")
         if any(len(cfg) != 3 for cfg in depth):
             raise ValueError(f"each depth entry is (branch-0 blocks, branch-1 blocks, fusion depth), got {depth}")
-        self.img_size = to_2tuple(img_size)
-        self.img_size_scaled = [tuple(int(s * scale) for s in self.img_size) for scale in img_scale]
+        self.img_size = tuple(to_2tuple(img_size))
+        self.img_size_scaled = [(int(self.img_size[0] * scale), int(self.img_size[1] * scale)) for scale in img_scale]
         self.crop_scale = crop_scale
         self.num_branches = 2
         self.embed_dim = tuple(embed_dim)
@@ -272,25 +283,40 @@ class CrossViT(ZooModel):
         return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
                     blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
-    def _embed(self, x: torch.Tensor) -> list[torch.Tensor]:
-        self.check_input(x)
-        xs = []
+    def _embed(self, x: torch.Tensor) -> List[torch.Tensor]:
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        xs: List[torch.Tensor] = []
         for b, patch_embed in enumerate(self.patch_embed):
-            t = patch_embed(_scale_image(x, self.img_size_scaled[b], self.crop_scale))
-            cls = getattr(self, f"cls_token_{b}").expand(t.shape[0], -1, -1)
-            xs.append(self.pos_drop(torch.cat((cls, t), dim=1) + getattr(self, f"pos_embed_{b}")))
+            t = patch_embed(_scale_image(x, self.img_size, self.img_size_scaled[b], self.crop_scale))
+            # two branches (checked at build); named explicitly for TorchScript (no getattr by name)
+            cls = self.cls_token_0 if b == 0 else self.cls_token_1
+            pos = self.pos_embed_0 if b == 0 else self.pos_embed_1
+            xs.append(self.pos_drop(torch.cat((cls.expand(t.shape[0], -1, -1), t), dim=1) + pos))
         return xs
 
-    def _run_block(self, blk: nn.Module, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _run_block(self, blk: nn.Module, xs: List[torch.Tensor]) -> List[torch.Tensor]:
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint(blk, xs, use_reentrant=False)
         return blk(xs)
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
         xs = self._embed(x)
         for blk in self.blocks:
-            xs = self._run_block(blk, xs)
-        return [norm(t) for norm, t in zip(self.norm, xs)]
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                xs = checkpoint(blk, xs, use_reentrant=False)
+            else:
+                xs = blk(xs)
+        out: List[torch.Tensor] = []
+        for b, norm in enumerate(self.norm):
+            out.append(norm(xs[b]))
+        return out
+
+    def forward_head(self, xs: List[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
+        return self.head(xs, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
             self,

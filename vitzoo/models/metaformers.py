@@ -14,8 +14,6 @@ their downsample and fold back to NCHW at the end, so every stage outputs NCHW. 
 hub checkpoints, the official sail-sg/poolformer (v1) and sail-sg/metaformer (v2, ConvFormer,
 CAFormer) layouts all load through `checkpoint_filter_fn`.
 """
-from __future__ import annotations
-
 import re
 from typing import Any, Callable, Sequence
 

@@ -46,8 +46,6 @@ would collide with the vanilla names, so they are `vitzoo_spectformer_h_{s,b,l}`
 SpectFormer-H-S/B/L). No checkpoint URL is published in the official repository, so `default_cfgs`
 carry no `url`; `pretrained=True` takes a checkpoint via `pretrained_cfg_overlay=dict(file=...)`.
 """
-from __future__ import annotations
-
 import math
 import re
 from functools import partial
@@ -56,15 +54,16 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import Mlp, PatchEmbed, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import Mlp, PatchEmbed, register_notrace_function, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import generate_default_cfgs
+from torch.utils.checkpoint import checkpoint
 
 from vitzoo.layers import ConvNormDownsample, MetaFormerBlock, Stage
 from vitzoo.layers.attention import Attention
 from vitzoo.layers.spectral_gating import SpectralGating, resize_spectral_filter
 from vitzoo.layers.vit_block import vit_block
 
-from ._base import HierarchicalBackbone, IsotropicBackbone, TokenHead, build_zoo_model
+from ._base import HierarchicalBackbone, IsotropicBackbone, TokenHead, _is_tracing, build_zoo_model
 from ._registry import register_model
 
 __all__ = ["SpectFormer", "SpectFormerH", "SpectralMlpMixer", "checkpoint_filter_fn"]
@@ -100,7 +99,7 @@ class GridAttention(Attention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        return super().forward(x.reshape(B, H * W, C)).reshape(B, H, W, C)
+        return self.attend(x.reshape(B, H * W, C)).reshape(B, H, W, C)
 
 
 class DwConvMlp(nn.Module):
@@ -206,8 +205,9 @@ class ClassAttentionHead(nn.Module):
             self.pool_type = self._check_pool(pool_type)
         self.num_classes = num_classes
         self.fc = nn.Linear(self.in_features, num_classes) if num_classes > 0 else nn.Identity()
-        use_aux = self.use_aux and num_classes > 0
-        self.aux_fc = nn.Linear(self.in_features, num_classes) if use_aux else nn.Identity()
+        #: a plain bool for forward: TorchScript does not evaluate isinstance on a submodule like Python
+        self.has_aux_fc = self.use_aux and num_classes > 0
+        self.aux_fc = nn.Linear(self.in_features, num_classes) if self.has_aux_fc else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.pool_type == "":
@@ -218,9 +218,18 @@ class ClassAttentionHead(nn.Module):
         if pre_logits:
             return cls
         out = self.fc(cls)
-        if isinstance(self.aux_fc, nn.Linear):
+        if self.has_aux_fc:
             out = out + 0.5 * self.aux_fc(x[:, 1:]).max(dim=1)[0]
         return out
+
+
+@register_notrace_function  # resamples only when the grid differs from the built one: an FX leaf
+def pos_embed_for_grid(pos_embed: torch.Tensor, grid_h: int, grid_w: int, built_h: int, built_w: int) -> torch.Tensor:
+    """The `[1, H*W, C]` position embedding for a `grid_h x grid_w` grid (bicubic resample if not built for it)."""
+    if grid_h == built_h and grid_w == built_w:
+        return pos_embed
+    return resample_abs_pos_embed(pos_embed, [grid_h, grid_w], [built_h, built_w], num_prefix_tokens=0,
+                                  interpolation="bicubic", antialias=False)
 
 
 def _linear_rates(rate: float, n: int) -> list[float]:
@@ -308,19 +317,49 @@ class SpectFormer(IsotropicBackbone):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens + position embedding (resampled when the grid is not the built one)."""
-        self.check_input(x)
+        if not torch.jit.is_scripting():
+            self.check_input(x)
         p = self.patch_embed.patch_size
-        grid = (x.shape[-2] // p[0], x.shape[-1] // p[1])
+        grid_h, grid_w = x.shape[-2] // p[0], x.shape[-1] // p[1]
         x = self.patch_embed(x)
-        pos = self.pos_embed
-        if grid != tuple(self.patch_embed.grid_size):
-            pos = resample_abs_pos_embed(pos, list(grid), list(self.patch_embed.grid_size), num_prefix_tokens=0,
-                                         interpolation="bicubic", antialias=False)
-        for blk in self.blocks:  # the spectral mixers need the grid of the NLC tokens
+        built = self.patch_embed.grid_size
+        pos = pos_embed_for_grid(self.pos_embed, grid_h, grid_w, built[0], built[1])
+        if not torch.jit.is_scripting() and not _is_tracing():
+            self._set_token_grid((grid_h, grid_w))
+        return self.pos_drop(x + pos)
+
+    @torch.jit.unused
+    def _set_token_grid(self, grid: tuple[int, int]) -> None:
+        """Tell the spectral mixers the grid of the NLC tokens (used by `forward_intermediates`)."""
+        for blk in self.blocks:
             mixer = getattr(blk, "token_mixer", None)
             if isinstance(mixer, SpectralMlpMixer):
                 mixer.filter.token_grid = grid
-        return self.pos_drop(x + pos)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Spectral blocks on the `[B, H, W, C]` token map, attention blocks on `[B, N, C]` tokens.
+
+        Per token both layouts compute the same; the map carries the grid to the spectral filters
+        without state, so TorchScript and FX see plain tensor code.
+        """
+        H, W = x.shape[-2], x.shape[-1]
+        p = self.patch_embed.patch_size
+        x = self.embed(x)
+        x = x.reshape(x.shape[0], H // p[0], W // p[1], x.shape[-1])
+        for i, blk in enumerate(self.blocks):
+            if i == self.num_spectral_layers:
+                x = x.flatten(1, 2)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        if self.num_spectral_layers == len(self.blocks):
+            x = x.flatten(1, 2)
+        return self.norm(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # defined here so FX's autowrap (which patches the root forward's module) sees pos_embed_for_grid
+        return self.forward_head(self.forward_features(x))
 
 
 class SpectFormerH(HierarchicalBackbone):
@@ -500,7 +539,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
-_H = dict(crop_pct=0.96, first_conv="stem.conv.0", classifier=("head.fc", "head.aux_fc"))
+_H = dict(crop_pct=0.96, first_conv="stem.conv.0", classifier=("head.fc", "head.aux_fc"), pool_size=(7, 7))
 
 # No checkpoint is linked from the official repository (README model zoos list results only).
 default_cfgs = generate_default_cfgs({
