@@ -2,7 +2,8 @@
 
 Parameter names follow timm's ViT (`qkv`, `proj`) so DeiT/ViT weights load without renaming.
 `forward_with_cls_attn` also returns how much the first (CLS) token attends to every token,
-which EViT's token reorganisation ranks tokens by.
+which EViT's token reorganisation ranks tokens by; `forward_with_token_scores(x, "mean")` returns
+the mean attention each token receives instead (for models without a CLS token).
 """
 
 import torch
@@ -55,9 +56,20 @@ class Attention(nn.Module):
 
     def forward_with_cls_attn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Output and the CLS token's attention to all tokens, averaged over heads: `[B, N]`."""
+        return self.forward_with_token_scores(x, "cls")
+
+    def forward_with_token_scores(self, x: torch.Tensor, mode: str = "cls") -> tuple[torch.Tensor, torch.Tensor]:
+        """Output and a per-token ranking score `[B, N]` read off the attention map.
+
+        `mode="cls"`: the first (CLS) token's attention to every token, averaged over heads (EViT).
+        `mode="mean"`: the attention every token receives, averaged over heads and all query tokens
+        (for models without a CLS token). Either way the scores of a row sum to 1.
+        """
+        if mode != "cls" and mode != "mean":
+            raise ValueError("token score mode must be 'cls' or 'mean', got '" + mode + "'")
         q, k, v = self._qkv(x)
         attn = (q * self.scale) @ k.transpose(-2, -1)
         attn = attn.softmax(dim=-1)
-        cls_attn = attn[:, :, 0].mean(dim=1)
+        scores = attn[:, :, 0].mean(dim=1) if mode == "cls" else attn.mean(dim=1).mean(dim=1)
         out = self.attn_drop(attn) @ v
-        return self._out(out), cls_attn
+        return self._out(out), scores

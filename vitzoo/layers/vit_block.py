@@ -26,7 +26,8 @@ def vit_block(
     """`norm1 -> Attention -> (+) -> norm2 -> Mlp -> (+)`, names `token_mixer.qkv`, `mlp.fc1`, ...
 
     `token_reorg` (optional, see vitzoo.layers.token_reorg) makes it an EViT block: the tokens are
-    reorganised between the attention residual and the MLP. It adds no parameters.
+    reorganised between the attention residual and the MLP. It adds no parameters. Tokens are ranked
+    by CLS attention, or with `TokenReorg(rank_by="mean")` by mean attention received (no CLS token).
     """
     block_cls, extra = (MetaFormerBlock, {}) if token_reorg is None else (ReorgViTBlock, dict(token_reorg=token_reorg))
     return block_cls(

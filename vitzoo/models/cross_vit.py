@@ -12,6 +12,15 @@ then multi-scale blocks, each = the branches' own ViT blocks (the shared `vit_bl
 by the fusion: every branch's CLS token, projected to the other branch's width, attends to the
 other branch's patch tokens (`vitzoo.layers.cross_attention`) and is projected back; then a
 LayerNorm and a classifier per branch, the logits averaged.
+
+EViT token reorganisation (off by default; not in the official code): `token_reorg_locs` gives,
+per branch, block indices within each multi-scale block, e.g. `((), (1,))` = the second ViT
+block of the large-patch branch in every multi-scale block. Those blocks keep the
+`ceil(keep_rate * n)` patch tokens their CLS token attends to most and (with `fuse_token`) fuse
+the rest into one token, exactly EViT's rule (vitzoo.layers.token_reorg). The cross-attention
+fusion then attends over the other branch's remaining tokens; the heads read the CLS tokens.
+`keep_rate=1.0` is exactly the model without reorganisation; `set_keep_rate` is the hook the
+training script's `--keep-rate-warmup` drives.
 """
 import re
 from typing import Any, List, Sequence, Tuple
@@ -26,6 +35,7 @@ from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from vitzoo.layers.cross_attention import CrossAttentionBlock
+from vitzoo.layers.token_reorg import check_keep_rate, check_reorg_locs, set_keep_rate, token_reorg_for
 from vitzoo.layers.vit_block import vit_block
 
 from ._base import ZooModel, build_zoo_model
@@ -72,7 +82,8 @@ class MultiScaleBlock(nn.Module):
     """Each branch's ViT blocks, then CLS-token fusion across branches (branch b's CLS queries b+1's patches).
 
     `depth` is (blocks of branch 0, blocks of branch 1, ..., fusion depth); with fusion depth 0,
-    as in every released model, each fusion is one cross-attention block.
+    as in every released model, each fusion is one cross-attention block. `token_reorg_locs`
+    (optional, one sequence per branch) makes those blocks of each branch EViT blocks.
     """
 
     def __init__(
@@ -85,13 +96,18 @@ class MultiScaleBlock(nn.Module):
             proj_drop: float = 0.0,
             attn_drop: float = 0.0,
             drop_path: Sequence[float] = (0.0,),
+            token_reorg_locs: Sequence[Sequence[int]] | None = None,
+            keep_rate: float = 0.7,
+            fuse_token: bool = True,
     ) -> None:
         super().__init__()
         nb = self.num_branches = len(dims)
+        locs = token_reorg_locs or ((),) * nb
         self.blocks = nn.ModuleList([
             nn.Sequential(*[
                 vit_block(dims[b], num_heads[b], mlp_ratio[b], qkv_bias, drop_path=drop_path[i],
-                          proj_drop=proj_drop, attn_drop=attn_drop, norm_layer=_layer_norm)
+                          proj_drop=proj_drop, attn_drop=attn_drop, norm_layer=_layer_norm,
+                          token_reorg=token_reorg_for(i, locs[b], keep_rate, fuse_token))
                 for i in range(depth[b])
             ])
             for b in range(nb)
@@ -194,10 +210,13 @@ class CrossViT(ZooModel):
         depth: per multi-scale block, (branch-0 blocks, branch-1 blocks, fusion depth).
         mlp_ratio: per branch (the last entry, the fusion's, is unused as in the official code).
         multi_conv: the 3-conv 'dagger' patch stem; crop_scale: crop instead of resize.
+        token_reorg_locs: EViT token reorganisation (off by default): one sequence per branch of
+            0-based block indices within every multi-scale block, e.g. `((), (1,))`; each index must
+            exist in that branch in every multi-scale block. keep_rate / fuse_token: as in EViT.
 
     `forward_features` returns one `[B, 1 + N_b, C_b]` tensor per branch. Intermediates are the
     patch tokens of each branch after each multi-scale block, indexed branch-major (index
-    b * num_blocks + i), as timm does.
+    b * num_blocks + i), as timm does; once tokens were dropped they come back as NLC.
     """
 
     no_weight_decay_keys = ("cls_token_*", "pos_embed_*")
@@ -222,12 +241,19 @@ class CrossViT(ZooModel):
             proj_drop_rate: float = 0.0,
             attn_drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
+            token_reorg_locs: Sequence[Sequence[int] | None] | None = None,
+            keep_rate: float = 0.7,
+            fuse_token: bool = True,
     ) -> None:
         super().__init__()
         if not (len(patch_size) == len(embed_dim) == len(num_heads) == len(img_scale) == 2):
             raise ValueError("CrossViT has two branches: patch_size, embed_dim, num_heads and img_scale need 2 entries")
         if any(len(cfg) != 3 for cfg in depth):
             raise ValueError(f"each depth entry is (branch-0 blocks, branch-1 blocks, fusion depth), got {depth}")
+        reorg_locs = _check_branch_reorg_locs(token_reorg_locs, depth, len(embed_dim))
+        self.token_reorg_locs = reorg_locs
+        self.target_keep_rate = check_keep_rate(keep_rate)
+        self.fuse_token = bool(fuse_token)
         self.img_size = tuple(to_2tuple(img_size))
         self.img_size_scaled = [(int(self.img_size[0] * scale), int(self.img_size[1] * scale)) for scale in img_scale]
         self.crop_scale = crop_scale
@@ -249,7 +275,8 @@ class CrossViT(ZooModel):
         for cfg in depth:
             n = max(cfg[:-1]) + cfg[-1]
             blocks.append(MultiScaleBlock(embed_dim, cfg, num_heads, mlp_ratio, qkv_bias, proj_drop_rate,
-                                          attn_drop_rate, drop_path=dpr[start:start + n]))
+                                          attn_drop_rate, drop_path=dpr[start:start + n],
+                                          token_reorg_locs=reorg_locs, keep_rate=keep_rate, fuse_token=fuse_token))
             start += n
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.ModuleList([_layer_norm(d) for d in embed_dim])
@@ -270,6 +297,10 @@ class CrossViT(ZooModel):
             trunc_normal_(getattr(self, f"pos_embed_{b}"), std=0.02)
             trunc_normal_(getattr(self, f"cls_token_{b}"), std=0.02)
         self.apply(init_crossvit_weights)
+
+    def set_keep_rate(self, rate: float | None) -> None:
+        """Keep rate of every reorganising block (the warm-up schedule sets it); None: back to the target."""
+        set_keep_rate(self, rate)
 
     def check_img_size(self, height: int, width: int) -> None:
         if (height, width) != self.img_size:
@@ -345,7 +376,7 @@ class CrossViT(ZooModel):
         for b, feats in enumerate(per_branch):
             gh, gw = self.grid_sizes[b]
             for t in feats:
-                if output_fmt != "NLC":
+                if output_fmt != "NLC" and t.shape[1] == gh * gw:  # tokens dropped: NLC
                     t = t.reshape(t.shape[0], gh, gw, -1)
                     t = t.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else t
                 intermediates.append(t)
@@ -368,6 +399,28 @@ class CrossViT(ZooModel):
         if prune_head:
             self.reset_classifier(0)
         return take_indices
+
+
+def _check_branch_reorg_locs(
+        spec: Sequence[Sequence[int] | None] | None,
+        depth: Sequence[Sequence[int]],
+        num_branches: int,
+) -> tuple[tuple[int, ...], ...]:
+    """Per-branch reorganising block indices, each valid in that branch of every multi-scale block."""
+    if spec is None:
+        return ((),) * num_branches
+    if isinstance(spec, (int, str)) or len(spec) != num_branches or any(
+            isinstance(s, (int, str)) for s in spec):
+        raise ValueError(f"token_reorg_locs is per branch: {num_branches} sequences of block indices "
+                         f"(e.g. ((), (1,)) for the second block of branch 1), got {spec!r}")
+    out = []
+    for b, locs in enumerate(spec):
+        blocks = min(cfg[b] for cfg in depth)
+        try:
+            out.append(check_reorg_locs(locs, blocks))
+        except ValueError as e:
+            raise ValueError(f"branch {b} has {blocks} ViT block(s) per multi-scale block: {e}") from None
+    return tuple(out)
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------

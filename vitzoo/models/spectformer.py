@@ -37,8 +37,13 @@ Where this differs from the official code, and why:
   vanilla position embedding bicubically resampled, on the fly; at the built size nothing is
   resized. `checkpoint_filter_fn` applies the same resizing to checkpoints of another size.
 * fp16/bf16: the FFT runs in float32 and is cast back (the official mixer returns float32).
-* The shared ViT block's EViT `token_reorg` hook is not wired in: it ranks tokens by CLS
-  attention, and SpectFormer has no CLS token.
+* EViT token reorganisation (off by default; not in the official code): `token_reorg_locs`
+  switches the shared ViT block's `token_reorg` on for those attention blocks (indices >=
+  `num_spectral_layers`: the spectral filters need the full grid). With no CLS token, tokens are
+  ranked by the mean attention they receive (`TokenReorg(rank_by="mean")`, see
+  vitzoo.layers.token_reorg) and the dropped ones fused into one extra token; the mean-pooling
+  head takes any token count. `keep_rate=1.0` is exactly the model without reorganisation;
+  `set_keep_rate` is the hook the training script's `--keep-rate-warmup` drives.
 
 Names: `vitzoo_` + the official names - vanilla `--arch` spectformer-ti/-xs/-s/-b ->
 `vitzoo_spectformer_{ti,xs,s,b}`; the hierarchical code registers `spectformer_s/_b/_l`, which
@@ -61,6 +66,7 @@ from torch.utils.checkpoint import checkpoint
 from vitzoo.layers import ConvNormDownsample, MetaFormerBlock, Stage
 from vitzoo.layers.attention import Attention
 from vitzoo.layers.spectral_gating import SpectralGating, resize_spectral_filter
+from vitzoo.layers.token_reorg import check_keep_rate, check_reorg_locs, set_keep_rate, token_reorg_for
 from vitzoo.layers.vit_block import vit_block
 
 from ._base import HierarchicalBackbone, IsotropicBackbone, TokenHead, _is_tracing, build_zoo_model
@@ -266,6 +272,9 @@ class SpectFormer(IsotropicBackbone):
     Args (beyond timm's usual): `num_spectral_layers` is the paper's alpha (official: 4);
     `proj_drop_rate` is the official `drop` (position-embedding, MLP and projection dropout);
     `drop_rate` is the official `dropcls` (dropout before the classifier).
+    EViT token reorganisation (off by default): `token_reorg_locs` are 0-based indices of
+    attention blocks (>= `num_spectral_layers`) that keep `ceil(keep_rate * n)` of their `n`
+    tokens, ranked by mean attention received, and with `fuse_token` fuse the rest into one token.
     """
 
     no_weight_decay_keys = ("pos_embed",)
@@ -287,10 +296,19 @@ class SpectFormer(IsotropicBackbone):
             attn_drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
             norm_layer: NormFactory | None = None,
+            token_reorg_locs: Sequence[int] | None = None,
+            keep_rate: float = 0.7,
+            fuse_token: bool = True,
     ) -> None:
         super().__init__()
         if not 0 <= num_spectral_layers <= depth:
             raise ValueError(f"num_spectral_layers must be in [0, depth={depth}], got {num_spectral_layers}")
+        locs = check_reorg_locs(token_reorg_locs, depth, first=num_spectral_layers,
+                                why=f"blocks 0..{num_spectral_layers - 1} are spectral layers, which need the "
+                                    f"full token grid; reorganise in attention blocks only")
+        self.token_reorg_locs = locs
+        self.target_keep_rate = check_keep_rate(keep_rate)
+        self.fuse_token = bool(fuse_token)
         if global_pool not in ("avg", ""):
             raise ValueError(f"SpectFormer has no class token: global_pool must be 'avg' or '', got {global_pool!r}")
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
@@ -305,7 +323,8 @@ class SpectFormer(IsotropicBackbone):
             spectral_block(embed_dim, grid, mlp_ratio, proj_drop_rate, dpr[i], norm_layer)
             if i < num_spectral_layers else
             vit_block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i], proj_drop=proj_drop_rate,
-                      attn_drop=attn_drop_rate, norm_layer=norm_layer)
+                      attn_drop=attn_drop_rate, norm_layer=norm_layer,
+                      token_reorg=token_reorg_for(i, locs, keep_rate, fuse_token, rank_by="mean"))
             for i in range(depth)
         ])
         self.norm = norm_layer(embed_dim)
@@ -314,6 +333,10 @@ class SpectFormer(IsotropicBackbone):
                            embed_dim=embed_dim, num_prefix_tokens=0, reduction=patch_size)
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(_init_linear_ln)
+
+    def set_keep_rate(self, rate: float | None) -> None:
+        """Keep rate of every reorganising block (the warm-up schedule sets it); None: back to the target."""
+        set_keep_rate(self, rate)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens + position embedding (resampled when the grid is not the built one)."""
