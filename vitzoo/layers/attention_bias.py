@@ -10,12 +10,11 @@ storage, its in-place version counter (bumped by `copy_`, `lerp_`, `load_state_d
 steps), its device and dtype, and the index buffer. `train()`, `_apply()` (`.to()`, `.half()`),
 `load_state_dict` and `set_resolution` also drop it. Writes through `.data` bypass the version
 counter: call `clear_cache()` after those. With autograd on, or in training, nothing is cached.
+Under TorchScript and FX tracing the cache is bypassed (plain gather; same values).
 """
-from __future__ import annotations
-
 import itertools
 import weakref
-from typing import Any
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -24,7 +23,12 @@ from timm.layers import resize_rel_pos_bias_table_levit
 __all__ = ["AttentionBiasTable", "attention_bias_index", "resize_attention_biases"]
 
 
-def attention_bias_index(resolution: int) -> tuple[torch.Tensor, int]:
+def _fx_symbolic_tracing() -> bool:
+    is_tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None)
+    return bool(is_tracing()) if is_tracing is not None else False
+
+
+def attention_bias_index(resolution: int) -> Tuple[torch.Tensor, int]:
     """`[N, N]` index of each (query, key) pair's offset (|dy|, |dx|), numbered in first-seen order.
 
     Also returns the number of distinct offsets (resolution^2).
@@ -51,6 +55,8 @@ def resize_attention_biases(biases: torch.Tensor, resolution: int) -> torch.Tens
 class AttentionBiasTable(nn.Module):
     """Learned relative-offset attention bias of a square window, with a safe eval-time cache."""
 
+    __jit_ignored_attributes__ = ["_cache"]  # python-only (weakref); TorchScript gathers every call
+
     def __init__(self, num_heads: int, resolution: int) -> None:
         super().__init__()
         if resolution < 1:
@@ -60,13 +66,13 @@ class AttentionBiasTable(nn.Module):
         idxs, num_offsets = attention_bias_index(resolution)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, num_offsets))
         self.register_buffer("attention_bias_idxs", idxs.to(self.attention_biases.device), persistent=False)
-        self._cache: tuple[tuple[Any, ...], torch.Tensor, weakref.ref] | None = None
+        self._cache: Optional[Tuple[Tuple[Any, ...], torch.Tensor, weakref.ref]] = None
 
     # ---- cache ----------------------------------------------------------------------------
     def clear_cache(self) -> None:
         self._cache = None
 
-    def _cache_key(self) -> tuple[Any, ...]:
+    def _cache_key(self) -> Tuple[Any, ...]:
         p, idx = self.attention_biases, self.attention_bias_idxs
         return (p._version, p.data_ptr(), p.device, p.dtype, idx._version, idx.data_ptr(), idx.shape)
 
@@ -75,13 +81,19 @@ class AttentionBiasTable(nn.Module):
             return False
         if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return False
+        if _fx_symbolic_tracing():
+            return False
         p = self.attention_biases
         return p.device.type != "meta" and not p.is_inference()  # inference tensors have no version counter
 
     def forward(self) -> torch.Tensor:
         """`[heads, N, N]` bias for the window."""
-        if not self._can_cache():
-            return self.attention_biases[:, self.attention_bias_idxs]
+        if not torch.jit.is_scripting():  # the cache (weakref, version counter) is python-only
+            if self._can_cache():
+                return self._cached_bias()
+        return self.attention_biases[:, self.attention_bias_idxs]
+
+    def _cached_bias(self) -> torch.Tensor:
         key = self._cache_key()
         cached = self._cache
         if cached is not None and cached[0] == key and cached[2]() is self.attention_biases:

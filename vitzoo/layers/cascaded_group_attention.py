@@ -4,14 +4,16 @@ CGA splits the channels into one chunk per head; head i attends over `chunk_i + 
 (the cascade), with its own 1x1 Conv-BN qkv, a depthwise Conv-BN on the queries and a learned
 relative-offset bias (`AttentionBiasTable`). `LocalWindowAttention` runs CGA on non-overlapping
 `window x window` tiles of an NCHW map, zero-padding the bottom/right edge like the official code.
-"""
-from __future__ import annotations
 
-from typing import Sequence
+Both forwards compile under TorchScript; FX treats `LocalWindowAttention` as a leaf
+(`register_notrace_module`): whether and how it tiles depends on the map size.
+"""
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from .attention_bias import AttentionBiasTable
 from .conv_bn import ConvBN
@@ -64,22 +66,25 @@ class CascadedGroupAttention(nn.Module):
         B, _, H, W = x.shape
         bias = self.attn_bias()  # [heads, N, N]
         chunks = x.chunk(self.num_heads, dim=1)
-        outs = []
+        outs: List[torch.Tensor] = []
         feat = chunks[0]
+        kd = self.key_dim
         for i, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):
             if i > 0:
                 feat = feat + chunks[i]
-            q, k, v = qkv(feat).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
-            q = dw(q)
+            qkv_out = qkv(feat)
+            q, k, v = dw(qkv_out[:, :kd]), qkv_out[:, kd:2 * kd], qkv_out[:, 2 * kd:]
             # [B, 1, N, d] per head for SDPA: attention over the window's N positions
-            q, k, v = (t.flatten(2).transpose(1, 2).unsqueeze(1) for t in (q, k, v))
+            q = q.flatten(2).transpose(1, 2).unsqueeze(1)
+            k = k.flatten(2).transpose(1, 2).unsqueeze(1)
+            v = v.flatten(2).transpose(1, 2).unsqueeze(1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[i].to(q.dtype), scale=self.scale)
             feat = out.squeeze(1).transpose(1, 2).reshape(B, self.val_dim, H, W)
             outs.append(feat)
         return self.proj(torch.cat(outs, dim=1))
 
 
-def window_partition_nchw(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def window_partition_nchw(x: torch.Tensor, ws: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
     """`[B, C, H, W] -> [B * nH * nW, C, ws, ws]`, zero-padding bottom/right; returns the padded (H, W)."""
     B, C, H, W = x.shape
     pad_b, pad_r = (ws - H % ws) % ws, (ws - W % ws) % ws
@@ -90,7 +95,7 @@ def window_partition_nchw(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple
     return x.reshape(-1, C, ws, ws), (pH, pW)
 
 
-def window_reverse_nchw(x: torch.Tensor, ws: int, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+def window_reverse_nchw(x: torch.Tensor, ws: int, padded: Tuple[int, int], size: Tuple[int, int]) -> torch.Tensor:
     """Inverse of `window_partition_nchw`, cropping the padding away: `[B, C, H, W]`."""
     pH, pW = padded
     nH, nW = pH // ws, pW // ws
@@ -99,6 +104,7 @@ def window_reverse_nchw(x: torch.Tensor, ws: int, padded: tuple[int, int], size:
     return x[:, :, :size[0], :size[1]].contiguous()
 
 
+@register_notrace_module  # reason: tiling (and padding) depends on the map size
 class LocalWindowAttention(nn.Module):
     """Cascaded group attention within `window_resolution` tiles of an NCHW map of any size.
 
@@ -131,8 +137,8 @@ class LocalWindowAttention(nn.Module):
         self.cga.attn_bias.set_resolution(min(self.window_resolution, resolution))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = x.shape[-2:]
-        ws = self.cga.resolution
+        H, W = x.shape[-2], x.shape[-1]
+        ws = self.cga.attn_bias.resolution
         if H == ws and W == ws:
             return self.cga(x)
         windows, padded = window_partition_nchw(x, ws)

@@ -7,10 +7,9 @@ return the equivalent plain layer; `fuse_modules(model)` replaces every fusable 
 Also here, because both families build their macro structure from nothing but Conv-BN pieces:
 the 4-conv stem, the Conv-BN MLP (1x1 -> act -> 1x1), the inverted-residual patch merging and the
 BN-Linear classifier head with timm's `reset` / `.fc` / `pre_logits` contract.
+Forwards compile under TorchScript (no postponed annotations in this module).
 """
-from __future__ import annotations
-
-from typing import Callable
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -25,7 +24,7 @@ __all__ = [
 ]
 
 
-def _bn_scale_shift(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+def _bn_scale_shift(bn: Union[nn.BatchNorm1d, nn.BatchNorm2d]) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (scale, shift) with bn(x) == x * scale + shift in eval mode."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     return scale, bn.bias - bn.running_mean * scale
@@ -154,16 +153,14 @@ class BNLinearHead(nn.Module):
             self.norm, self.drop, self.fc = nn.Identity(), nn.Identity(), nn.Identity()
         self.dist = BNLinear(width, num_classes, drop=self.drop_rate) if self.distillation and num_classes > 0 else None
 
-    def reset(self, num_classes: int, pool_type: str | None = None) -> None:
+    def reset(self, num_classes: int, pool_type: Optional[str] = None) -> None:
         if pool_type is not None:
             self.pool_type = pool_type
         training = self.training
         self._build(num_classes, self.pool_type)
         self.train(training)
 
-    def forward(
-            self, x: torch.Tensor, pre_logits: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, pre_logits: bool = False):  # -> Tensor, or a pair in distilled training
         x = self.global_pool(x)
         if pre_logits:
             return x
@@ -171,8 +168,9 @@ class BNLinearHead(nn.Module):
         if self.dist is None:
             return out
         out_dist = self.dist(x)
-        if self.distilled_training and self.training and not torch.jit.is_scripting():
-            return out, out_dist
+        if not torch.jit.is_scripting():  # TorchScript: always the averaged logits (one return type)
+            if self.distilled_training and self.training:
+                return out, out_dist
         return (out + out_dist) / 2
 
     @torch.no_grad()

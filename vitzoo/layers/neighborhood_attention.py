@@ -8,19 +8,24 @@ Maps smaller than `kernel_size * dilation` along an axis (late stages of small i
 handled as NATTEN's `NeighborhoodAttention2D` does: the *input* is zero-padded at the bottom /
 right up to that size, attention runs on the padded map (the padded tokens take part as keys,
 their q/k/v being the qkv bias), and the output is cropped back.
+
+TorchScript compiles the forward, calling the registered op `torch.ops.vitzoo.na2d` directly (the
+python wrapper's argument checks are not scriptable; the padding above already guarantees them).
+FX treats the module as a leaf (`register_notrace_module`): its padding depends on the map size.
 """
-from __future__ import annotations
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_module, trunc_normal_
 
 from vitzoo.kernels import na2d
 
 __all__ = ["NeighborhoodAttention2D"]
 
 
+@register_notrace_module  # reason: padding of small maps depends on the map size; na2d checks shapes
 class NeighborhoodAttention2D(nn.Module):
     """`[B, H, W, dim] -> [B, H, W, dim]`: qkv Linear -> na2d (+ relative position bias) -> proj.
 
@@ -43,7 +48,7 @@ class NeighborhoodAttention2D(nn.Module):
             kernel_size: int = 7,
             dilation: int = 1,
             qkv_bias: bool = True,
-            qk_scale: float | None = None,
+            qk_scale: Optional[float] = None,
             attn_drop: float = 0.0,
             proj_drop: float = 0.0,
             rel_pos_bias: bool = True,
@@ -62,7 +67,7 @@ class NeighborhoodAttention2D(nn.Module):
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.scale = qk_scale or self.head_dim ** -0.5
+        self.scale = float(qk_scale or self.head_dim ** -0.5)
         self.kernel_size = kernel_size
         self.dilation = dilation
         self.window_size = kernel_size * dilation  # smallest map side na2d accepts
@@ -78,9 +83,10 @@ class NeighborhoodAttention2D(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[-1] != self.dim:
-            raise ValueError(
-                f"NeighborhoodAttention2D expects an NHWC map [B, H, W, {self.dim}], got shape {tuple(x.shape)}")
+        if not torch.jit.is_scripting():
+            if x.ndim != 4 or x.shape[-1] != self.dim:
+                raise ValueError(
+                    f"NeighborhoodAttention2D expects an NHWC map [B, H, W, {self.dim}], got shape {tuple(x.shape)}")
         B, H0, W0, C = x.shape
         pad_b, pad_r = max(0, self.window_size - H0), max(0, self.window_size - W0)
         if pad_b or pad_r:
@@ -88,7 +94,11 @@ class NeighborhoodAttention2D(nn.Module):
         H, W = H0 + pad_b, W0 + pad_r
         # heads-last q/k/v straight from the projection: [B, H, W, 3, heads, d] -> 3 x [B, H, W, heads, d]
         q, k, v = self.qkv(x).reshape(B, H, W, 3, self.num_heads, self.head_dim).unbind(3)
-        x = na2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb, scale=self.scale)
+        if torch.jit.is_scripting():
+            ks, dil = [self.kernel_size, self.kernel_size], [self.dilation, self.dilation]
+            x = torch.ops.vitzoo.na2d(q, k, v, self.rpb, ks, dil, self.scale)[0]
+        else:
+            x = na2d(q, k, v, self.kernel_size, self.dilation, rpb=self.rpb, scale=self.scale)
         x = x.reshape(B, H, W, C)
         if pad_b or pad_r:
             x = x[:, :H0, :W0]

@@ -12,6 +12,16 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
+
+
+@register_notrace_function  # reason: pads only odd sizes, a branch on the map size (FX leaf)
+def pad_to_even(x: torch.Tensor) -> torch.Tensor:
+    """Zero-pad an NHWC map at the bottom / right to even height and width (unchanged if even)."""
+    H, W = x.shape[1], x.shape[2]
+    if H % 2 or W % 2:
+        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+    return x
 
 
 class PatchMerging(nn.Module):
@@ -36,10 +46,8 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, self.out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = pad_to_even(x)
         B, H, W, C = x.shape
-        if H % 2 or W % 2:
-            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
-            H, W = H + H % 2, W + W % 2
         # [B, H/2, dh, W/2, dw, C] -> [B, H/2, W/2, dw, dh, C]: channel blocks x0, x1, x2, x3
         x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)
         return self.reduction(self.norm(x))

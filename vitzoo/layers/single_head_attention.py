@@ -4,8 +4,6 @@ Only the first `pdim` channels are attended over (one head, GroupNorm(1) pre-nor
 qkv); the remaining channels pass through untouched and both are mixed by the output projection.
 Global attention over the whole map, so any input size works and there is no position bias.
 """
-from __future__ import annotations
-
 from typing import Callable
 
 import torch

@@ -4,8 +4,9 @@ Small functions, no modules: split a map into non-overlapping windows and back, 
 shifted-window attention mask (one `(ws_h*ws_w) x (ws_h*ws_w)` mask per window, never a mask over
 the whole map), the relative-position index into a `(2*ws_h-1)*(2*ws_w-1)` bias table, and the
 per-stage window/shift rule timm applies when a feature map is smaller than the window.
+Every function used in a forward pass is TorchScript-compatible (no postponed annotations here).
 """
-from __future__ import annotations
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -19,7 +20,7 @@ __all__ = [
 SHIFT_MASK_VALUE = -100.0
 
 
-def window_partition(x: torch.Tensor, window_size: tuple[int, int]) -> torch.Tensor:
+def window_partition(x: torch.Tensor, window_size: Tuple[int, int]) -> torch.Tensor:
     """`[B, H, W, C] -> [B * nW, ws_h * ws_w, C]`, windows in row-major order per image.
 
     H and W must be multiples of the window size (pad first).
@@ -30,7 +31,7 @@ def window_partition(x: torch.Tensor, window_size: tuple[int, int]) -> torch.Ten
     return x.reshape(-1, wh * ww, C)
 
 
-def window_reverse(windows: torch.Tensor, window_size: tuple[int, int], height: int, width: int) -> torch.Tensor:
+def window_reverse(windows: torch.Tensor, window_size: Tuple[int, int], height: int, width: int) -> torch.Tensor:
     """Inverse of `window_partition`: `[B * nW, ws_h * ws_w, C] -> [B, H, W, C]`."""
     wh, ww = window_size
     C = windows.shape[-1]
@@ -38,7 +39,8 @@ def window_reverse(windows: torch.Tensor, window_size: tuple[int, int], height: 
     return x.reshape(-1, height, width, C)
 
 
-def relative_position_index(win_h: int, win_w: int, device: torch.device | str | None = None) -> torch.Tensor:
+def relative_position_index(
+        win_h: int, win_w: int, device: Optional[Union[torch.device, str]] = None) -> torch.Tensor:
     """`[N, N]` (N = win_h * win_w) index of each query/key pair's offset into the bias table.
 
     The offset (dy, dx) in [-(win_h-1), win_h-1] x [-(win_w-1), win_w-1] maps to row
@@ -58,39 +60,48 @@ def relative_position_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Te
     return table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)
 
 
+def _region_ids(size: int, window: int, shift: int, device: Optional[torch.device]) -> torch.Tensor:
+    """Region of each row (or column) of a rolled map: 0 before the last window, 1 in its
+    unshifted part, 2 in its last `shift` positions (`shift = 0`: no third region)."""
+    pos = torch.arange(size, device=device)
+    ids = (pos >= size - window).long()
+    if shift > 0:
+        ids = ids + (pos >= size - shift).long()
+    return ids
+
+
 def shifted_window_mask(
         height: int,
         width: int,
-        window_size: tuple[int, int],
-        shift_size: tuple[int, int],
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        window_size: Tuple[int, int],
+        shift_size: Tuple[int, int],
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """`[nW, N, N]` additive mask (0 / -100) for attention in cyclically shifted windows.
 
     `height`/`width` are the (padded) map size the windows tile. After the map is rolled by
     `-shift`, the last window row/column holds tokens from up to three regions that were not
     neighbours before the roll; pairs from different regions get `SHIFT_MASK_VALUE`.
+    Region ids are computed arithmetically (no slice loops), so this runs under TorchScript.
     """
     wh, ww = window_size
     sh, sw = shift_size
-    region = torch.zeros((1, height, width, 1), device=device, dtype=dtype)
-    cnt = 0
-    for hs in (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)):
-        for ws in (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)):
-            region[:, hs, ws, :] = cnt
-            cnt += 1
+    rows = _region_ids(height, wh, sh, device)
+    cols = _region_ids(width, ww, sw, device)
+    region = torch.zeros((1, height, width, 1), device=device, dtype=dtype)  # dtype None: the default
+    region = region + (rows[:, None] * 3 + cols[None, :]).view(1, height, width, 1)
     region = window_partition(region, window_size).squeeze(-1)  # nW, N
     diff = region.unsqueeze(1) - region.unsqueeze(2)
-    return torch.zeros_like(diff).masked_fill_(diff != 0, SHIFT_MASK_VALUE)
+    return torch.zeros_like(diff).masked_fill_(diff != 0, -100.0)  # SHIFT_MASK_VALUE (TorchScript reads no globals)
 
 
 def clamp_window_to_map(
-        feat_size: tuple[int, int],
-        window_size: tuple[int, int],
-        shift_size: tuple[int, int],
+        feat_size: Tuple[int, int],
+        window_size: Tuple[int, int],
+        shift_size: Tuple[int, int],
         always_partition: bool = False,
-) -> tuple[tuple[int, int], tuple[int, int]]:
+) -> Tuple[Tuple[int, int], Tuple[int, int]]:
     """timm's rule: along a side where the map is no larger than the window, the window shrinks
     to the map and that side is not shifted (one window covers it). `always_partition` keeps
     the window and shift as given (the map is padded instead)."""

@@ -7,13 +7,16 @@ The order (roll before pad), the mask value (-100) and the mask regions follow t
 its weights give the same outputs at every size.
 
 The attention math is one function, `window_attention`, so a fused kernel can replace it later.
+
+TorchScript compiles the forward (the mask is then rebuilt per call instead of cached). FX treats
+the mixer as a leaf (`register_notrace_module`): its padding and mask cache depend on the map size.
 """
-from __future__ import annotations
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import resize_rel_pos_bias_table, to_2tuple, trunc_normal_
+from timm.layers import register_notrace_module, resize_rel_pos_bias_table, to_2tuple, trunc_normal_
 
 from .window import (
     relative_position_bias, relative_position_index, shifted_window_mask, window_partition, window_reverse,
@@ -30,7 +33,7 @@ def window_attention(
         k: torch.Tensor,
         v: torch.Tensor,
         bias: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: Optional[torch.Tensor],
         scale: float,
         dropout_p: float = 0.0,
 ) -> torch.Tensor:
@@ -57,6 +60,7 @@ def window_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)
 
 
+@register_notrace_module  # reason: padding and the cached shift mask depend on the map size
 class ShiftedWindowAttention(nn.Module):
     """`[B, H, W, C] -> [B, H, W, C]` multi-head attention in (optionally shifted) windows.
 
@@ -74,13 +78,15 @@ class ShiftedWindowAttention(nn.Module):
     cached (timm keeps one as a buffer), so fixed-size inference never rebuilds them.
     """
 
+    __jit_ignored_attributes__ = ["_masks"]  # the python-side mask cache (TorchScript rebuilds masks)
+
     def __init__(
             self,
             dim: int,
             num_heads: int,
-            window_size: int | tuple[int, int] = 7,
-            shift_size: int | tuple[int, int] = 0,
-            head_dim: int | None = None,
+            window_size: Union[int, Tuple[int, int]] = 7,
+            shift_size: Union[int, Tuple[int, int]] = 0,
+            head_dim: Optional[int] = None,
             qkv_bias: bool = True,
             attn_drop: float = 0.0,
             proj_drop: float = 0.0,
@@ -105,7 +111,7 @@ class ShiftedWindowAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(attn_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self._masks: dict[tuple, torch.Tensor] = {}
+        self._masks: Dict[tuple, torch.Tensor] = {}
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def _check_window(self) -> None:
@@ -114,7 +120,9 @@ class ShiftedWindowAttention(nn.Module):
         if any(not 0 <= s < w for s, w in zip(self.shift_size, self.window_size)):
             raise ValueError(f"shift_size {self.shift_size} must lie in [0, window_size {self.window_size})")
 
-    def set_window_size(self, window_size: int | tuple[int, int], shift_size: int | tuple[int, int]) -> None:
+    @torch.jit.ignore
+    def set_window_size(
+            self, window_size: Union[int, Tuple[int, int]], shift_size: Union[int, Tuple[int, int]]) -> None:
         """Change the window (interpolating the bias table like timm) and the shift."""
         window_size, shift_size = to_2tuple(window_size), to_2tuple(shift_size)
         old = self.window_size
@@ -134,7 +142,9 @@ class ShiftedWindowAttention(nn.Module):
             "relative_position_index", relative_position_index(wh, ww, device=table.device), persistent=False)
 
     def shift_mask(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
-        """The cached `[nW, N, N]` shift mask for a padded `height x width` map."""
+        """The cached `[nW, N, N]` shift mask for a padded `height x width` map (built afresh under TorchScript)."""
+        if torch.jit.is_scripting():
+            return shifted_window_mask(height, width, self.window_size, self.shift_size, like.device, like.dtype)
         key = (height, width, like.device, like.dtype)
         mask = self._masks.get(key)
         if mask is None:

@@ -18,8 +18,6 @@ Weights: timm's (`timm/efficientvit_m*.r224_in1k`) and the official checkpoints
 (`blocks1..3`, `.c`/`.l` names, some 1x1 convs stored Linear-shaped) both load through
 `checkpoint_filter_fn`.
 """
-from __future__ import annotations
-
 import re
 import warnings
 from typing import Any, Sequence
@@ -94,6 +92,10 @@ class EfficientVitMacro(HierarchicalBackbone):
     """
 
     min_input_size = PATCH_SIZE
+
+    def init_contract(self, **kwargs: Any) -> None:
+        super().init_contract(**kwargs)
+        self.input_divisor = 1  # the stem and downsamples round up: no divisibility rule
 
     def check_img_size(self, height: int, width: int) -> None:
         if height < PATCH_SIZE or width < PATCH_SIZE:

@@ -15,8 +15,6 @@ BatchNorm into its conv / linear, and the 's' blocks' DW-conv residual into its 
 Weights: timm's (`timm/shvit_s*.in1k`) and the official checkpoints (`blocks1..3`, `.l` head,
 1x1 convs possibly Linear-shaped) load through `checkpoint_filter_fn`.
 """
-from __future__ import annotations
-
 from typing import Any, Callable, Sequence
 
 import torch
