@@ -190,3 +190,18 @@ def test_group_matcher_and_no_weight_decay(name):
     assert sum(len(v) for v in groups.values()) == len(list(model.parameters()))
     names = dict(model.named_parameters())
     assert set(model.no_weight_decay()) <= set(names) | {"pos_embed", "cls_token"}
+
+
+@pytest.mark.parametrize("name", FAMILY_MODELS)
+def test_fvcore_counts_flops(name):
+    """The profiler's FLOP column: fvcore must trace every family (custom kernels via their handles)."""
+    import importlib.util
+    import pathlib
+    spec = importlib.util.spec_from_file_location(
+        "profile_models", pathlib.Path(__file__).parents[1] / "tools" / "profile_models.py")
+    profile_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_models)
+    model = timm.create_model(name).eval()
+    x = torch.randn(1, *_input_size(model, TARGET_FEAT_SIZE))
+    flops = profile_models.count_flops(model, x)
+    assert flops is not None and flops > 0

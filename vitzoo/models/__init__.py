@@ -11,11 +11,7 @@ from ._registry import list_models, register_model
 
 FAMILY_MODULES = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 for _name in FAMILY_MODULES:
-    try:  # DEV-ONLY leniency while families are written in parallel; the lead makes this strict
-        importlib.import_module(f"{__name__}.{_name}")
-    except Exception as _e:  # noqa: BLE001
-        import warnings
-        warnings.warn(f"vitzoo: family module {_name} failed to import: {_e!r}", RuntimeWarning)
+    importlib.import_module(f"{__name__}.{_name}")
 
 __all__ = [
     "FAMILY_MODULES", "HierarchicalBackbone", "IsotropicBackbone", "ZooModel",
