@@ -1,22 +1,21 @@
 """timm's model contract, checked on the zoo the way timm's own model tests check timm.
 
 Cheap checks (pretrained cfg, meta-device build, classifier / first-conv names) run for every
-registered zoo model. Forward / backward / feature checks run for the smallest model of every
-family module, at the reduced sizes timm's suite uses, to keep CI on 2 cores fast.
+registered zoo model. Forward / backward / feature / default-cfg checks run for one
+representative of each architecture (tests/zoo_cases.py), at the sizes timm's suite uses.
 """
 import math
-from functools import lru_cache
 
 import pytest
 import timm
 import torch
 from timm.layers import get_channel_dim, get_spatial_dim
+from zoo_cases import REPRESENTATIVES, SPATIAL_MODELS, TARGET_FEAT_SIZE, input_size, seeded_input
 
 import vitzoo
+from vitzoo.models import FAMILY_MODULES
 
 ALL_MODELS = vitzoo.list_models()
-TARGET_FWD_SIZE = 128
-TARGET_FEAT_SIZE = 96
 REQUIRED_CFG_KEYS = ("input_size", "mean", "std", "num_classes", "first_conv", "classifier", "crop_pct", "interpolation")
 
 
@@ -24,35 +23,8 @@ def _module_of(name: str) -> str:
     return timm.models._registry._model_to_module[name]
 
 
-@lru_cache(maxsize=None)
-def _meta_param_count(name: str) -> int:
-    """Parameter count from a meta-device build; -1 when the build fails (its own test then fails)."""
-    try:
-        return sum(p.numel() for p in timm.create_model(name, device="meta").parameters())
-    except Exception:  # noqa: BLE001 - reported by test_pretrained_cfg_and_meta_build
-        return -1
-
-
-def _smallest_per_family() -> list[str]:
-    best: dict[str, str] = {}
-    for name in ALL_MODELS:
-        mod = _module_of(name)
-        if mod not in best or _meta_param_count(name) < _meta_param_count(best[mod]):
-            best[mod] = name
-    return sorted(best.values())
-
-
-FAMILY_MODELS = _smallest_per_family()
-
-
-def _input_size(model, target: int | None) -> tuple[int, int, int]:
-    cfg = model.pretrained_cfg
-    size = tuple(cfg["input_size"])
-    if cfg.get("fixed_input_size", False) or target is None:
-        return size
-    if cfg.get("min_input_size") and max(size) > target:
-        return tuple(cfg["min_input_size"])
-    return tuple(min(s, target) if i else s for i, s in enumerate(size))
+def test_every_family_has_a_representative():
+    assert {_module_of(n) for n in REPRESENTATIVES} == set(FAMILY_MODULES)
 
 
 # ---- every model -----------------------------------------------------------------------------
@@ -67,23 +39,21 @@ def test_pretrained_cfg_and_meta_build(name):
     tensors = list(model.parameters()) + list(model.buffers())
     assert tensors and all(t.device.type == "meta" for t in tensors), f"{name}: a tensor was not built on meta"
     state = model.state_dict()
-    first_conv = cfg["first_conv"] if isinstance(cfg["first_conv"], (tuple, list)) else (cfg["first_conv"],)
-    for fc in first_conv:
-        assert fc + ".weight" in state, f"{name}: first_conv {fc!r} not in the state dict"
-    classifiers = cfg["classifier"] if isinstance(cfg["classifier"], (tuple, list)) else (cfg["classifier"],)
-    for c in classifiers:
-        assert c + ".weight" in state, f"{name}: classifier {c!r} not in the state dict"
+    for key in ("first_conv", "classifier"):
+        names = cfg[key] if isinstance(cfg[key], (tuple, list)) else (cfg[key],)
+        for n in names:
+            assert n + ".weight" in state, f"{name}: cfg {key} {n!r} not in the state dict"
     assert model.num_classes == cfg["num_classes"]
     assert model.num_features > 0 and model.head_hidden_size > 0
     assert len(model.feature_info) >= 1
 
 
-# ---- the smallest model of each family ----------------------------------------------------------
-@pytest.mark.parametrize("name", FAMILY_MODELS)
+# ---- one representative per architecture ---------------------------------------------------------
+@pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_forward_and_grad_checkpointing(name):
     torch.manual_seed(0)
     model = timm.create_model(name).eval()
-    x = torch.randn(1, *_input_size(model, TARGET_FWD_SIZE))
+    x = seeded_input(input_size(name), 1)
     with torch.no_grad():
         out = model(x)
         assert out.shape == (1, model.num_classes)
@@ -92,52 +62,58 @@ def test_forward_and_grad_checkpointing(name):
         torch.testing.assert_close(model(x), out, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", FAMILY_MODELS)
+@pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_backward_reaches_every_parameter(name):
     model = timm.create_model(name, num_classes=42).train()
-    x = torch.randn(2, *_input_size(model, TARGET_FWD_SIZE))
-    out = model(x)
+    out = model(seeded_input(input_size(name), 2))
     assert out.shape == (2, 42)
     out.mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"no gradient for {missing[:5]}"
 
 
-@pytest.mark.parametrize("name", FAMILY_MODELS)
-def test_features_head_and_reset(name):
+@pytest.mark.parametrize("name", REPRESENTATIVES)
+def test_default_cfg_features_head_and_reset(name):
+    """timm's default-cfg test: the "standard" version for spatial models, "non-standard" for token models."""
     model = timm.create_model(name).eval()
     cfg = model.pretrained_cfg
-    x = torch.randn(1, *_input_size(model, None))
+    x = seeded_input(input_size(name, None), 1)
     fmt = getattr(model, "output_fmt", "NCHW")
+    spatial = name in SPATIAL_MODELS
     with torch.no_grad():
         feats = model.forward_features(x)
         pre = model.forward_head(feats, pre_logits=True)
         assert pre.shape == (1, model.head_hidden_size)
         if isinstance(feats, (list, tuple)):  # multi-branch models (CrossViT): one token tensor per branch
             assert sum(f.shape[-1] for f in feats) == model.num_features
-        elif feats.ndim == 4:
-            assert feats.shape[get_channel_dim(fmt)] == model.num_features
-            if cfg.get("pool_size"):
-                spatial = get_spatial_dim(fmt)
-                assert (feats.shape[spatial[0]], feats.shape[spatial[1]]) == tuple(cfg["pool_size"])
+        elif spatial:
+            assert feats.ndim == 4 and feats.shape[get_channel_dim(fmt)] == model.num_features
+            h, w = get_spatial_dim(fmt)
+            assert cfg.get("pool_size"), "spatial model without pool_size in its cfg"
+            assert (feats.shape[h], feats.shape[w]) == tuple(cfg["pool_size"])
         else:
             assert feats.shape[-1] == model.num_features
+
         model.reset_classifier(0)
         assert model.num_classes == 0
         pooled = model(x)
-        assert pooled.shape == pre.shape
         torch.testing.assert_close(pooled, pre)
         model.reset_classifier(7)
         assert model(x).shape == (1, 7)
-        if isinstance(feats, torch.Tensor) and feats.ndim == 4:
+        if spatial:
             model.reset_classifier(0, "")
             assert model(x).shape == feats.shape
+            unpooled = timm.create_model(name, num_classes=0, global_pool="").eval()
+            assert unpooled(x).shape == feats.shape
+        else:
+            headless = timm.create_model(name, num_classes=0).eval()
+            assert headless(x).shape == (1, model.num_features)
 
 
-@pytest.mark.parametrize("name", FAMILY_MODELS)
+@pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_forward_intermediates_match_forward_features(name):
     model = timm.create_model(name).eval()
-    x = torch.randn(1, *_input_size(model, TARGET_FEAT_SIZE))
+    x = seeded_input(input_size(name, TARGET_FEAT_SIZE), 1)
     info = timm.models.FeatureInfo(model.feature_info, list(range(len(model.feature_info))))
     with torch.no_grad():
         final, inter = model.forward_intermediates(x)
@@ -151,10 +127,10 @@ def test_forward_intermediates_match_forward_features(name):
         torch.testing.assert_close(final, model.forward_features(x))
 
 
-@pytest.mark.parametrize("name", FAMILY_MODELS)
+@pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_features_only(name):
     model = timm.create_model(name, features_only=True).eval()
-    x = torch.randn(1, *_input_size(model, TARGET_FEAT_SIZE))
+    x = seeded_input(input_size(name, TARGET_FEAT_SIZE), 1)
     with torch.no_grad():
         outs = model(x)
     assert len(outs) == len(model.feature_info.channels())
@@ -163,10 +139,10 @@ def test_features_only(name):
         assert torch.isfinite(o).all()
 
 
-@pytest.mark.parametrize("name", FAMILY_MODELS)
+@pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_bad_input_and_kwargs_are_named(name):
     model = timm.create_model(name).eval()
-    c, h, w = _input_size(model, TARGET_FWD_SIZE)
+    c, h, w = input_size(name)
     with pytest.raises(ValueError, match="input channels"):
         model(torch.randn(1, c + 1, h, w))
     if model.input_divisor > 1 or getattr(model, "fixed_input_size", None):
@@ -182,7 +158,7 @@ def test_bad_input_and_kwargs_are_named(name):
         timm.create_model(name, not_a_real_kwarg=1)
 
 
-@pytest.mark.parametrize("name", FAMILY_MODELS)
+@pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_group_matcher_and_no_weight_decay(name):
     from timm.models import group_parameters
     model = timm.create_model(name, device="meta")
@@ -192,7 +168,7 @@ def test_group_matcher_and_no_weight_decay(name):
     assert set(model.no_weight_decay()) <= set(names) | {"pos_embed", "cls_token"}
 
 
-@pytest.mark.parametrize("name", FAMILY_MODELS)
+@pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_fvcore_counts_flops(name):
     """The profiler's FLOP column: fvcore must trace every family (custom kernels via their handles)."""
     import importlib.util
@@ -202,6 +178,5 @@ def test_fvcore_counts_flops(name):
     profile_models = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(profile_models)
     model = timm.create_model(name).eval()
-    x = torch.randn(1, *_input_size(model, TARGET_FEAT_SIZE))
-    flops = profile_models.count_flops(model, x)
+    flops = profile_models.count_flops(model, seeded_input(input_size(name, TARGET_FEAT_SIZE), 1))
     assert flops is not None and flops > 0

@@ -1,76 +1,47 @@
-"""timm's own model test suite (tests/test_models.py), applied to the zoo's finished families.
+"""The TorchScript and FX parts of timm's own model test suite (tests/test_models.py) on the zoo.
 
-For the smallest model of each in-scope family this runs what timm's suite runs on timm's models:
-TorchScript forward, FX forward/backward through torchvision's feature extractor with timm's
-tracer settings, the default-cfg checks (the "standard" version for spatial models, the
-"non-standard" one timm applies to its own ViT/DeiT/CrossViT token models) and a backward pass
-reaching every parameter. Sizes follow the suite: 128 px unless the model has a fixed input size.
-Our test code, timm's facts (sizes, checks, tracer kwargs). Differences from timm's file: the FX
-forward and backward checks share one traced model (tracing dominates the runtime), and CrossViT
-(240 px, fixed) runs the FX checks although timm skips fixed sizes above 224 there.
+For one representative of each architecture (tests/zoo_cases.py): TorchScript forward, equal to
+eager; FX forward/backward through torchvision's feature extractor with timm's tracer settings
+(leaf modules, autowrapped functions, constant param shapes). The forward/backward/default-cfg
+parts of timm's suite are in test_contract.py. Our test code, timm's facts. Differences from
+timm's file: the FX forward and backward checks share one traced model (tracing is the cost),
+and CrossViT (240 px, fixed) runs FX although timm skips fixed sizes above 224 there.
 """
 import pytest
 import timm
 import torch
-from timm.layers import get_channel_dim, get_spatial_dim
 from timm.models import get_notrace_functions, get_notrace_modules
-from timm.models._registry import get_pretrained_cfg_value
+from zoo_cases import REPRESENTATIVES, input_size, seeded_input
 
 import vitzoo  # noqa: F401  (registers the zoo)
 
 fx = pytest.importorskip("torchvision.models.feature_extraction")
 
-torch.set_num_threads(1)
-
-TARGET_SIZE = 128  # timm: TARGET_JIT_SIZE, TARGET_BWD_SIZE, TARGET_FWD_FX_SIZE, TARGET_BWD_FX_SIZE
-MAX_FWD_OUT_SIZE = 448
-
-#: spatial models: timm's "standard" default-cfg test applies (4-D features with pool_size)
-STD_MODELS = [
-    "vitzoo_poolformer_s12",
-    "vitzoo_poolformerv2_s12",
-    "vitzoo_convformer_s18",
-    "vitzoo_caformer_s18",
-    "vitzoo_spectformer_h_s",
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:NOTE. The nodes obtained by tracing the model in eval mode:UserWarning"),
 ]
-#: token models: timm puts its own vit_*/deit*/crossvit_* under the "non-standard" test
-NON_STD_MODELS = [
-    "vitzoo_spectformer_ti",
-    "vitzoo_evit_deit_tiny_patch16_224",
-    "vitzoo_crossvit_tiny_240",
-]
-ALL = STD_MODELS + NON_STD_MODELS
 
 
-def _input_size(name: str, target: int | None = TARGET_SIZE) -> tuple[int, ...]:
-    """timm's `_get_input_size`: the cfg size, clipped to `target` unless the size is fixed."""
-    size = tuple(get_pretrained_cfg_value(name, "input_size"))
-    if get_pretrained_cfg_value(name, "fixed_input_size") or target is None:
-        return size
-    min_size = get_pretrained_cfg_value(name, "min_input_size")
-    if min_size and max(size) > target:
-        return tuple(min_size)
-    return tuple(min(s, target) for s in size)
-
-
-def _seed_input(size: tuple[int, ...], batch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    return torch.randn((batch, *size), generator=g)
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: tracing and scripting are latency-bound; restored afterwards."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
 
 
 # ---- TorchScript -----------------------------------------------------------------------------
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # deprecated, still works
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_model_forward_torchscript(name):
     """timm's test, plus: the scripted model's logits equal the eager model's."""
-    size = _input_size(name)
     with timm.set_scriptable(True):
         model = timm.create_model(name, pretrained=False).eval()
-    x = _seed_input(size, 1)
+    x = seeded_input(input_size(name), 1)
     with torch.no_grad():
         ref = model(x)
-        scripted = torch.jit.script(model)
-        out = scripted(x)
+        out = torch.jit.script(model)(x)
     assert out.shape == ref.shape == (1, model.num_classes)
     assert not torch.isnan(out).any()
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
@@ -82,35 +53,32 @@ def _tracer_kwargs() -> dict:
                 param_shapes_constant=True)
 
 
-def _create_fx_model(model: torch.nn.Module, train: bool = False) -> torch.nn.Module:
-    """timm's `_create_fx_model`: a feature extractor returning the node(s) feeding the graph output."""
+def _create_fx_model(model: torch.nn.Module) -> torch.nn.Module:
+    """timm's `_create_fx_model(train=True)`: return the nodes feeding the graph output (train and eval)."""
     kwargs = _tracer_kwargs()
     train_nodes, eval_nodes = fx.get_graph_node_names(model, tracer_kwargs=kwargs)
-    eval_return = [eval_nodes[-1]]
-    train_return = [train_nodes[-1]]
-    if train:
-        graph = fx.NodePathTracer(**kwargs).trace(model)
-        nodes = list(reversed(graph.nodes))
-        out_names = [n.name for n in nodes[0]._input_nodes.keys()]
-        node_names = [n.name for n in nodes]
-        train_return = [train_nodes[-node_names.index(n)] for n in out_names]
-    return fx.create_feature_extractor(model, train_return_nodes=train_return, eval_return_nodes=eval_return,
-                                       tracer_kwargs=kwargs)
+    graph = fx.NodePathTracer(**kwargs).trace(model)
+    nodes = list(reversed(graph.nodes))
+    node_names = [n.name for n in nodes]
+    train_return = [train_nodes[-node_names.index(n.name)] for n in nodes[0]._input_nodes.keys()]
+    return fx.create_feature_extractor(
+        model, train_return_nodes=train_return, eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=kwargs)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_model_forward_backward_fx(name):
-    """timm's test_model_forward_fx and test_model_backward_fx, on one traced model (tracing is the cost).
+    """timm's test_model_forward_fx and test_model_backward_fx on one traced model.
 
-    Eval graph: output equal to the eager model's. Train graph: a backward reaches every parameter.
+    Eval graph: the eager model's output exactly. Train graph: a backward reaches every parameter.
     """
     model = timm.create_model(name, pretrained=False, num_classes=42)
     num_params = sum(p.numel() for p in model.parameters())
-    fx_model = _create_fx_model(model, train=True)
+    fx_model = _create_fx_model(model)
+    size = input_size(name)
 
-    x = _seed_input(_input_size(name), 1)
     model.eval()
     fx_model.eval()
+    x = seeded_input(size, 1)
     with torch.no_grad():
         ref = model(x)
         out = torch.cat(tuple(fx_model(x).values()))
@@ -118,97 +86,42 @@ def test_model_forward_backward_fx(name):
     assert torch.equal(out, ref), f"max abs diff {(out - ref).abs().max().item()}"
 
     fx_model.train()
-    out = torch.cat(tuple(fx_model(_seed_input(_input_size(name), 2)).values()))
+    out = torch.cat(tuple(fx_model(seeded_input(size, 2)).values()))
     out.mean().backward()
-    for n, p in fx_model.named_parameters():
-        assert p.grad is not None, f"no gradient for {n}"
+    missing = [n for n, p in fx_model.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient for {missing}"
     assert sum(p.grad.numel() for p in fx_model.parameters()) == num_params
     assert out.shape == (2, 42)
     assert not torch.isnan(out).any()
 
 
-# ---- backward --------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ALL)
-def test_model_backward(name):
-    model = timm.create_model(name, pretrained=False, num_classes=42).train()
-    out = model(_seed_input(_input_size(name), 2))
-    out.mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not missing, f"no gradient for {missing}"
-    assert out.shape == (2, 42)
-    assert not torch.isnan(out).any()
+# ---- the size-dependent paths (padding, clamped windows, odd maps) under TorchScript and FX ------
+_PADDED = {
+    # 92x156: maps 23x39 (window padding, odd -> PatchMerging pads), 12x20, 6x10, 3x5 (window clamped to 3x5)
+    "vitzoo_swin_tiny_patch4_window7_224": dict(
+        img_size=(92, 156), embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8)),
+    # 96x160 through DiNAT-s: maps 24x40 (dilation 8: padded to 56x56), ..., 3x5 (padded to 7x7)
+    "vitzoo_dinat_s_tiny": dict(embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8),
+                                dilations=((1, 8), (1, 4), (1, 2), (1, 1))),
+    # 100x150: maps 7x10 (windows 7 padded), 4x5, 2x3 (window clamped to 2)
+    "vitzoo_efficientvit_m0": dict(img_size=100, embed_dim=(16, 32, 48), depth=(1, 1, 1), num_heads=(2, 2, 2)),
+}
+_PADDED_INPUT = {"vitzoo_dinat_s_tiny": (3, 96, 160), "vitzoo_efficientvit_m0": (3, 100, 150)}
 
 
-# ---- default cfgs ----------------------------------------------------------------------------
-def _check_cfg_names(model: torch.nn.Module) -> None:
-    """The cfg's classifier and first_conv name parameters of the model as built."""
-    cfg, state = model.pretrained_cfg, model.state_dict()
-    if cfg.get("num_classes"):
-        classifiers = cfg["classifier"] if isinstance(cfg["classifier"], (tuple, list)) else (cfg["classifier"],)
-        for c in classifiers:
-            assert c + ".weight" in state, f"classifier {c} not in model params"
-    first = cfg["first_conv"] if isinstance(cfg["first_conv"], (tuple, list)) else (cfg["first_conv"],)
-    for c in first:
-        assert c + ".weight" in state, f"first_conv {c} not in model params"
-
-
-@pytest.mark.parametrize("name", STD_MODELS)
-def test_model_default_cfgs(name):
-    """timm's standard version: unpooled features match `pool_size` in the model's `output_fmt`."""
-    model = timm.create_model(name, pretrained=False).eval()
-    _check_cfg_names(model)
-    cfg = model.pretrained_cfg
-    pool_size = cfg["pool_size"]
-    assert pool_size is not None, "spatial model without pool_size in its cfg"
-    output_fmt = getattr(model, "output_fmt", "NCHW")
-    feat_axis, spatial_axis = get_channel_dim(output_fmt), get_spatial_dim(output_fmt)
-    size = tuple(min(s, MAX_FWD_OUT_SIZE) for s in cfg["input_size"])
-    x = _seed_input(size, 1)
+@pytest.mark.parametrize("name", list(_PADDED))
+def test_scripted_and_traced_match_eager_on_padded_sizes(name):
+    """TorchScript (mask rebuilt, op called directly) and FX (leaf mixers) equal eager where maps get padded."""
+    with timm.set_scriptable(True):
+        model = timm.create_model(name, pretrained=False, num_classes=5, **_PADDED[name]).eval()
+    x = seeded_input(_PADDED_INPUT.get(name, (3, 92, 156)), 2)
+    fx_model = fx.create_feature_extractor(
+        model, return_nodes=[fx.get_graph_node_names(model, tracer_kwargs=_tracer_kwargs())[1][-1]],
+        tracer_kwargs=_tracer_kwargs()).eval()
     with torch.no_grad():
-        feats = model.forward_features(x)
-        pre = model.forward_head(feats, pre_logits=True)
-        assert feats.ndim == 4
-        assert (feats.shape[spatial_axis[0]], feats.shape[spatial_axis[1]]) == tuple(pool_size)
-        assert feats.shape[feat_axis] == model.num_features
-        assert pre.shape == (1, model.head_hidden_size)
-
-        model.reset_classifier(0)
-        assert model.num_classes == 0
-        out = model(x)
-        assert out.shape == (1, model.head_hidden_size)
-        torch.testing.assert_close(out, pre)
-
-        model.reset_classifier(0, "")
-        out = model(x)
-        assert out.ndim == 4
-        assert (out.shape[spatial_axis[0]], out.shape[spatial_axis[1]]) == tuple(pool_size)
-
-        model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="").eval()
-        out = model(x)
-        assert out.ndim == 4
-        assert (out.shape[spatial_axis[0]], out.shape[spatial_axis[1]]) == tuple(pool_size)
-
-
-@pytest.mark.parametrize("name", NON_STD_MODELS)
-def test_model_default_cfgs_non_std(name):
-    """timm's non-standard version (its ViT/DeiT/CrossViT): feature dim and pooled sizes only."""
-    model = timm.create_model(name, pretrained=False).eval()
-    _check_cfg_names(model)
-    x = _seed_input(_input_size(name, target=None), 1)
-    with torch.no_grad():
-        feats = model.forward_features(x)
-        if isinstance(feats, (tuple, list)):  # CrossViT: one [B, N_b, C_b] per branch, C_b sum to num_features
-            assert sum(f.shape[-1] for f in feats) == model.num_features
-        else:
-            feat_dim = -1 if feats.ndim == 3 else 1  # tokens [B, N, C] or maps [B, C, H, W]
-            assert feats.shape[feat_dim] == model.num_features
-        pre = model.forward_head(feats, pre_logits=True)
-        assert pre.shape == (1, model.head_hidden_size)
-
-        model.reset_classifier(0)
-        out = model(x)
-        assert out.shape == (1, model.head_hidden_size)
-
-        model = timm.create_model(name, pretrained=False, num_classes=0).eval()
-        out = model(x)
-        assert out.shape == (1, model.num_features)
+        ref = model(x)
+        scripted = torch.jit.script(model)(x)
+        traced = torch.cat(tuple(fx_model(x).values()))
+    assert ref.shape == (2, 5)
+    torch.testing.assert_close(scripted, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(traced, ref)

@@ -1,0 +1,52 @@
+"""Which zoo models the cross-family tests run on, and timm's rule for their input sizes.
+
+One representative per distinct architecture (the smallest variant of each mixer/layout), so a
+contract or TorchScript/FX check exercises every family's code paths without building all 80
+models. test_contract checks that every family module has a representative here.
+"""
+from typing import Optional, Tuple
+
+import torch
+from timm.models._registry import get_pretrained_cfg_value
+
+#: pyramids and other spatial models: timm's "standard" default-cfg checks apply
+SPATIAL_MODELS = [
+    "vitzoo_swin_tiny_patch4_window7_224",
+    "vitzoo_poolformer_s12",
+    "vitzoo_poolformerv2_s12",
+    "vitzoo_convformer_s18",
+    "vitzoo_caformer_s18",
+    "vitzoo_nat_mini",
+    "vitzoo_dinat_mini",
+    "vitzoo_dinat_s_tiny",
+    "vitzoo_nat_isotropic_small",
+    "vitzoo_efficientvit_m0",
+    "vitzoo_shvit_s1",
+    "vitzoo_spectformer_h_s",
+]
+#: token models: timm puts its own vit_*/deit*/crossvit_* under its "non-standard" checks
+TOKEN_MODELS = [
+    "vitzoo_spectformer_ti",
+    "vitzoo_evit_deit_tiny_patch16_224",
+    "vitzoo_crossvit_tiny_240",
+]
+REPRESENTATIVES = SPATIAL_MODELS + TOKEN_MODELS
+
+#: timm's test sizes: TARGET_BWD/JIT/FX_SIZE and TARGET_FFEAT_SIZE
+TARGET_SIZE = 128
+TARGET_FEAT_SIZE = 96
+
+
+def input_size(name: str, target: Optional[int] = TARGET_SIZE) -> Tuple[int, ...]:
+    """timm's `_get_input_size`: the cfg size clipped to `target`, unless the cfg fixes it."""
+    size = tuple(get_pretrained_cfg_value(name, "input_size"))
+    if get_pretrained_cfg_value(name, "fixed_input_size") or target is None:
+        return size
+    min_size = get_pretrained_cfg_value(name, "min_input_size")
+    if min_size and max(size) > target:
+        return tuple(min_size)
+    return tuple(min(s, target) for s in size)
+
+
+def seeded_input(size: Tuple[int, ...], batch: int) -> torch.Tensor:
+    return torch.randn((batch, *size), generator=torch.Generator().manual_seed(0))
