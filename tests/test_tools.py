@@ -127,9 +127,17 @@ def test_compare_with_timm_reports_ratio():
     if not timm.is_model(name):
         pytest.skip(f'{name} is not registered yet')
     row = profile_models.compare_with_timm(name, batch_sizes=(1,), img_size=32, warmup=0, repeats=2)
-    assert row['timm_model'] == 'poolformer_s12'
-    assert row['params_m'] == pytest.approx(row['timm_params_m'])
-    assert row['ratio_b1'] > 0 and row['zoo_ms_b1'] > 0 and row['timm_ms_b1'] > 0
+    assert row['versus'] == 'poolformer_s12'
+    assert row['params_m'] == pytest.approx(row['versus_params_m'])
+    assert row['ratio_b1'] > 0 and row['ms_b1'] > 0 and row['versus_ms_b1'] > 0
+
+
+def test_versus_compares_any_two_models(capsys):
+    rc = profile_models.main(['test_convnext', '--versus', 'test_vit', '--img-size', '32',
+                              '--warmup', '0', '--repeats', '2'])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert '| test_convnext | test_vit |' in table and 'ratio_b1' in table
 
 
 def test_profile_cli_writes_json(tmp_path, capsys):

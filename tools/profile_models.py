@@ -4,6 +4,7 @@
     python tools/profile_models.py 'vitzoo_*' --device cpu --batch-size 8
     python tools/profile_models.py vitzoo_swin_tiny_patch4_window7_224 --device cuda --dtype bf16 --compile
     python tools/profile_models.py vitzoo_swin_tiny_patch4_window7_224 vitzoo_poolformer_s12 --compare-timm
+    python tools/profile_models.py vitzoo_nat_mini --versus vitzoo_swin_tiny_patch4_window7_224 -b 8
 
 FLOPs come from fvcore's FlopCountAnalysis, which counts one multiply-add as one FLOP (so the
 column is GMACs, like timm's tables); the zoo's custom kernels are counted through
@@ -13,7 +14,7 @@ warmup, in eval mode under no_grad, at batch 1 and at `--batch-size`.
 
 `--compare-timm` times each zoo model `vitzoo_X` against timm's own `X` in one process, with
 the same input and interleaved repeats (zoo, timm, timm, zoo, ...) so machine noise hits both,
-and reports the ratio zoo / timm.
+and reports the ratio zoo / timm. `--versus OTHER` does the same against any other model.
 """
 from __future__ import annotations
 
@@ -249,8 +250,9 @@ def profile_model(
     return row
 
 
-def compare_with_timm(
+def compare_models(
         name: str,
+        other: str,
         device: str = 'cpu',
         dtype: str = 'fp32',
         batch_sizes: Sequence[int] = (1,),
@@ -259,37 +261,42 @@ def compare_with_timm(
         repeats: int = 20,
         compile_model: bool = False,
 ) -> dict:
-    """Latency of zoo model `vitzoo_X` and timm's `X` side by side; ratio = zoo / timm.
+    """Latency of `name` and `other` side by side on the same input; ratio = name / other.
 
-    Both models get the same input; repeats alternate zoo-timm / timm-zoo so drift in machine
-    load hits both. Medians in ms, and the median of the per-repeat ratios.
+    Repeats alternate name-other / other-name so drift in machine load hits both. Medians in
+    ms, and the median of the per-repeat ratios.
     """
+    dev, dt = torch.device(device), DTYPES[dtype]
+    model = build_model(name, img_size, dev, dt)
+    other_model = build_model(other, img_size, dev, dt)
+    row: dict[str, Any] = dict(model=name, versus=other, device=dev.type, dtype=dtype,
+                               params_m=count_params(model) / 1e6,
+                               versus_params_m=count_params(other_model) / 1e6)
+    model_f, other_f = _prepare(model, compile_model), _prepare(other_model, compile_model)
+    for b in batch_sizes:
+        x = _make_input(model, b, img_size, dev, dt)
+        run_a, run_b = make_runner(model_f, x), make_runner(other_f, x)
+        for _ in range(warmup):
+            run_a(), run_b()
+        t_a, t_b = [], []
+        for r in range(repeats):
+            if r % 2:
+                t_b.append(run_b()), t_a.append(run_a())
+            else:
+                t_a.append(run_a()), t_b.append(run_b())
+        row[f'ms_b{b}'] = statistics.median(t_a) * 1e3
+        row[f'versus_ms_b{b}'] = statistics.median(t_b) * 1e3
+        row[f'ratio_b{b}'] = statistics.median(x / y for x, y in zip(t_a, t_b))
+    return row
+
+
+def compare_with_timm(name: str, *args: Any, **kwargs: Any) -> dict:
+    """`compare_models` of zoo model `vitzoo_X` against timm's `X` (same arguments after `name`)."""
     twin = timm_twin(name)
     if twin is None:
         raise ValueError(f"{name!r} has no timm twin (expected timm model "
                          f"'{name[len(ZOO_PREFIX):] if name.startswith(ZOO_PREFIX) else name}')")
-    dev, dt = torch.device(device), DTYPES[dtype]
-    zoo = build_model(name, img_size, dev, dt)
-    ref = build_model(twin, img_size, dev, dt)
-    row: dict[str, Any] = dict(model=name, timm_model=twin, device=dev.type, dtype=dtype,
-                               params_m=count_params(zoo) / 1e6,
-                               timm_params_m=count_params(ref) / 1e6)
-    zoo_f, ref_f = _prepare(zoo, compile_model), _prepare(ref, compile_model)
-    for b in batch_sizes:
-        x = _make_input(zoo, b, img_size, dev, dt)
-        run_zoo, run_ref = make_runner(zoo_f, x), make_runner(ref_f, x)
-        for _ in range(warmup):
-            run_zoo(), run_ref()
-        t_zoo, t_ref = [], []
-        for r in range(repeats):
-            if r % 2:
-                t_ref.append(run_ref()), t_zoo.append(run_zoo())
-            else:
-                t_zoo.append(run_zoo()), t_ref.append(run_ref())
-        row[f'zoo_ms_b{b}'] = statistics.median(t_zoo) * 1e3
-        row[f'timm_ms_b{b}'] = statistics.median(t_ref) * 1e3
-        row[f'ratio_b{b}'] = statistics.median(z / t for z, t in zip(t_zoo, t_ref))
-    return row
+    return compare_models(name, twin, *args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,6 +360,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
     p.add_argument('--compare-timm', action='store_true',
                    help='time vitzoo_X against timm X, interleaved, at batch 1 (and --batch-size)')
+    p.add_argument('--versus', default='', metavar='MODEL',
+                   help='time each model against MODEL, interleaved, at batch 1 (and --batch-size)')
     p.add_argument('--json', default='', metavar='FILE')
     p.add_argument('--csv', default='', metavar='FILE')
     args = p.parse_args(argv)
@@ -362,7 +371,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         names = resolve_names(args.models)
         rows = []
         for name in names:
-            if args.compare_timm:
+            if args.versus:
+                rows.append(compare_models(
+                    name, args.versus, args.device, args.dtype, sorted({1, args.batch_size or 1}),
+                    args.img_size, args.warmup, args.repeats, args.compile))
+            elif args.compare_timm:
                 if timm_twin(name) is None:
                     print(f'skipping {name}: no timm twin', file=sys.stderr)
                     continue
