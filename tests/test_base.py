@@ -1,6 +1,5 @@
 """The shared base on a toy pyramid: the contract works before any family uses it."""
 import pytest
-import timm
 import torch
 import torch.nn as nn
 from timm.layers import ClassifierHead, Mlp
@@ -19,7 +18,6 @@ class ToyNet(HierarchicalBackbone):
         self.gain = nn.Parameter(torch.ones(1))
         stages = []
         for i, d in enumerate(dims):
-            down = None if i == 0 else nn.Linear(dims[i - 1], d)
             blk = MetaFormerBlock(d, nn.Linear(d, d), Mlp(d, 2 * d), layer_scale_init_value=1e-5)
             stages.append(Stage([blk], _Down(dims[i - 1], d) if i else None))
         self.stem.append(_ToNHWC())

@@ -9,13 +9,7 @@ from vitzoo.layers.cross_attention import CrossAttention, CrossAttentionBlock
 from vitzoo.models.cross_vit import CrossViT, checkpoint_filter_fn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine is shared: one intra-op thread is much faster than two contending ones."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TIMM_VARIANTS = [
     "crossvit_tiny_240", "crossvit_small_240", "crossvit_base_240", "crossvit_9_240", "crossvit_15_240",

@@ -15,13 +15,7 @@ from vitzoo.layers.vit_block import vit_block
 from vitzoo.models.evit import EViT, checkpoint_filter_fn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine is shared: one intra-op thread is much faster than two contending ones."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_evit(**kw):

@@ -15,13 +15,7 @@ from vitzoo.models.nat import NAT
 from vitzoo.models.nat_isotropic import NATIsotropic
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes: extra intra-op threads only contend on the shared CI cores."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- a private brute-force neighborhood attention (NATTEN 0.17 naive CPU kernel rules) ---------

@@ -16,13 +16,7 @@ VARIANTS = [f"shvit_s{i}" for i in range(1, 5)]
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny CPU workloads on a shared machine: one intra-op thread is far faster than spinning two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -39,12 +39,7 @@ TINY_H = dict(img_size=64, stem_hidden_dim=8, embed_dims=(16, 24, 32, 48), depth
               num_heads=(1, 2, 4, 6), mlp_ratios=(2, 2, 2, 2), num_classes=7)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomize(model):

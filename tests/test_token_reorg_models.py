@@ -17,12 +17,7 @@ from vitzoo.layers.vit_block import vit_block
 from vitzoo.models.cross_vit import CrossViT
 from vitzoo.models.spectformer import SpectFormer
 
-_PREV_THREADS = torch.get_num_threads()
-torch.set_num_threads(1)  # the test machine is shared: one intra-op thread per process
-
-
-def teardown_module(module):
-    torch.set_num_threads(_PREV_THREADS)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _spectformer(**kw) -> SpectFormer:

@@ -39,6 +39,7 @@ from vitzoo.layers.token_reorg import check_keep_rate, check_reorg_locs, set_kee
 from vitzoo.layers.vit_block import vit_block
 
 from ._base import ZooModel, build_zoo_model
+from ._init import init_linear_layernorm
 from ._registry import register_model
 
 __all__ = ["CrossViT", "MultiScaleBlock", "checkpoint_filter_fn"]
@@ -189,17 +190,6 @@ def _scale_image(x: torch.Tensor, in_size: Tuple[int, int], size: Tuple[int, int
     return F.interpolate(x, size=[size[0], size[1]], mode="bicubic", align_corners=False)
 
 
-def init_crossvit_weights(module: nn.Module) -> None:
-    """The official init: Linear trunc_normal(0.02) with zero bias, LayerNorm (1, 0); convs keep PyTorch's."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 class CrossViT(ZooModel):
     """Two-branch CrossViT (timm's `CrossVit`, same parameter names but `token_mixer` / `head.fc`).
 
@@ -296,7 +286,7 @@ class CrossViT(ZooModel):
         for b in range(self.num_branches):
             trunc_normal_(getattr(self, f"pos_embed_{b}"), std=0.02)
             trunc_normal_(getattr(self, f"cls_token_{b}"), std=0.02)
-        self.apply(init_crossvit_weights)
+        self.apply(init_linear_layernorm)
 
     def set_keep_rate(self, rate: float | None) -> None:
         """Keep rate of every reorganising block (the warm-up schedule sets it); None: back to the target."""

@@ -27,20 +27,10 @@ from vitzoo.layers.token_reorg import check_reorg_locs, set_keep_rate, token_reo
 from vitzoo.layers.vit_block import vit_block
 
 from ._base import IsotropicBackbone, TokenHead, build_zoo_model
+from ._init import init_linear_layernorm
 from ._registry import register_model
 
 __all__ = ["EViT", "checkpoint_filter_fn"]
-
-
-def init_vit_weights(module: nn.Module) -> None:
-    """timm's DeiT init: Linear trunc_normal(0.02) with zero bias, LayerNorm (1, 0)."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 class EViT(IsotropicBackbone):
@@ -102,7 +92,7 @@ class EViT(IsotropicBackbone):
                            fixed_input_size=img_size)
         trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
-        self.apply(init_vit_weights)
+        self.apply(init_linear_layernorm)
 
     def set_keep_rate(self, rate: float | None) -> None:
         """Keep rate of every reorganising block (the warm-up schedule sets it); None: back to the target."""

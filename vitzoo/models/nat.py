@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, Mlp, trunc_normal_
+from timm.layers import ClassifierHead, Mlp
 from timm.models import generate_default_cfgs
 
 from vitzoo.layers import ConvNormDownsample, ConvStem, MetaFormerBlock, Stage
@@ -27,9 +27,10 @@ from vitzoo.layers.neighborhood_attention import NeighborhoodAttention2D
 from vitzoo.layers.patch_merging import PatchMerging
 
 from ._base import HierarchicalBackbone, build_zoo_model
+from ._init import init_linear_layernorm
 from ._registry import register_model
 
-__all__ = ["NAT", "nat_block", "init_nat_weights", "unwrap_state_dict", "checkpoint_filter_fn"]
+__all__ = ["NAT", "nat_block", "unwrap_state_dict", "checkpoint_filter_fn"]
 
 
 def nat_block(
@@ -58,20 +59,6 @@ def nat_block(
         drop_path=drop_path,
         layer_scale_init_value=layer_scale,
     )
-
-
-def init_nat_weights(module: nn.Module) -> None:
-    """The official init: Linear trunc_normal(0.02) with zero bias, LayerNorm (1, 0); convs keep PyTorch's.
-
-    Skipped on 'meta' tensors (nothing to fill; trunc_normal_ is slow there).
-    """
-    if isinstance(module, nn.Linear) and not module.weight.is_meta:
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 def _check_dilations(dilations: Sequence[Sequence[int]] | None, depths: Sequence[int]) -> list[list[int]]:
@@ -166,7 +153,7 @@ class NAT(HierarchicalBackbone):
         self.head = ClassifierHead(dims[-1], num_classes, global_pool, drop_rate=drop_rate, input_fmt="NHWC")
         self.init_contract(in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, dims=dims,
                            reductions=[4 * 2 ** i for i in range(num_stages)])
-        self.apply(init_nat_weights)
+        self.apply(init_linear_layernorm)
 
 
 # ---- official checkpoints ----------------------------------------------------------------------

@@ -24,7 +24,8 @@ from vitzoo.layers import ConvStem, Stage
 
 from ._base import HierarchicalBackbone, build_zoo_model
 from ._registry import register_model
-from .nat import _cfg, _rename_block, init_nat_weights, nat_block, unwrap_state_dict
+from ._init import init_linear_layernorm
+from .nat import _cfg, _rename_block, nat_block, unwrap_state_dict
 
 __all__ = ["NATIsotropic", "checkpoint_filter_fn"]
 
@@ -70,7 +71,7 @@ class NATIsotropic(HierarchicalBackbone):
         self.head = ClassifierHead(embed_dim, num_classes, global_pool, drop_rate=drop_rate, input_fmt="NHWC")
         self.init_contract(in_chans=in_chans, num_classes=num_classes, global_pool=global_pool,
                            dims=[embed_dim] * depth, reductions=[patch_size] * depth)
-        self.apply(init_nat_weights)
+        self.apply(init_linear_layernorm)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:

@@ -70,6 +70,7 @@ from vitzoo.layers.token_reorg import check_keep_rate, check_reorg_locs, set_kee
 from vitzoo.layers.vit_block import vit_block
 
 from ._base import HierarchicalBackbone, IsotropicBackbone, TokenHead, _is_tracing, build_zoo_model
+from ._init import init_linear_layernorm
 from ._registry import register_model
 
 __all__ = ["SpectFormer", "SpectFormerH", "SpectralMlpMixer", "checkpoint_filter_fn"]
@@ -243,20 +244,9 @@ def _linear_rates(rate: float, n: int) -> list[float]:
     return [rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
 
 
-def _init_linear_ln(module: nn.Module) -> None:
-    """Official init: Linear trunc_normal(0.02), zero bias; LayerNorm (1, 0)."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 def _init_h_weights(module: nn.Module) -> None:
-    """Official SpectFormer-H init: the above, plus convs normal(0, sqrt(2 / fan_out))."""
-    _init_linear_ln(module)
+    """Official SpectFormer-H init: `init_linear_layernorm`, plus convs normal(0, sqrt(2 / fan_out))."""
+    init_linear_layernorm(module)
     if isinstance(module, nn.Conv2d):
         fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
         nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
@@ -332,7 +322,7 @@ class SpectFormer(IsotropicBackbone):
         self.init_contract(in_chans=in_chans, num_classes=num_classes, global_pool=global_pool,
                            embed_dim=embed_dim, num_prefix_tokens=0, reduction=patch_size)
         trunc_normal_(self.pos_embed, std=0.02)
-        self.apply(_init_linear_ln)
+        self.apply(init_linear_layernorm)
 
     def set_keep_rate(self, rate: float | None) -> None:
         """Keep rate of every reorganising block (the warm-up schedule sets it); None: back to the target."""

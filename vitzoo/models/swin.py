@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, Mlp, PatchEmbed, calculate_drop_path_rates, resample_patch_embed, \
-    resize_rel_pos_bias_table, to_2tuple, trunc_normal_
+    resize_rel_pos_bias_table, to_2tuple
 from timm.models import generate_default_cfgs
 from timm.models._input import update_model_input_size
 
@@ -42,6 +42,7 @@ from ..layers.patch_merging import PatchMerging
 from ..layers.window import clamp_window_to_map
 from ..layers.window_attention import ShiftedWindowAttention
 from ._base import HierarchicalBackbone, build_zoo_model
+from ._init import init_linear_layernorm
 from ._registry import register_model
 
 __all__ = ["SwinTransformer", "checkpoint_filter_fn"]
@@ -167,7 +168,7 @@ class SwinTransformer(HierarchicalBackbone):
             in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, dims=dims,
             reductions=[patch_size * 2 ** i for i in range(num_stages)])
         self.input_divisor = max(self.stem.patch_size)
-        self.apply(_init_linear)
+        self.apply(init_linear_layernorm)
 
     # ---- input sizes ------------------------------------------------------------------------
     def check_img_size(self, height: int, width: int) -> None:
@@ -245,14 +246,6 @@ class SwinTransformer(HierarchicalBackbone):
             self.head = ClassifierHead(self.num_features, 0, pool_type="", input_fmt="NHWC")
             self.num_classes, self.global_pool = 0, ""
         return take
-
-
-def _init_linear(m: nn.Module) -> None:
-    """timm's ViT/Swin init: truncated-normal Linear weights (std .02), zero biases."""
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 def _rename(key: str, official: bool) -> str:
