@@ -6,6 +6,8 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from zoo_cases import max_diff, randomize_
+from zoo_cases import timm_and_ours as _timm_and_ours
 
 import vitzoo  # noqa: F401  (registers the zoo)
 from vitzoo.layers.conv_bn import ConvBN
@@ -19,29 +21,8 @@ TOL = 1e-4
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random values in every float tensor (BN statistics, zero-initialised branches) so no branch is trivial."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            else:
-                t.copy_(torch.randn(t.shape, generator=g) * 0.2)
-    return model
-
-
 def timm_and_ours(variant: str, **kwargs):
-    ref = randomize_(timm.create_model(variant, **kwargs)).eval()
-    ours = timm.create_model(f"vitzoo_{variant}", **kwargs).eval()
-    ours.load_state_dict(checkpoint_filter_fn(ref.state_dict(), ours), strict=True)
-    return ref, ours
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a - b).abs().max().item()
+    return _timm_and_ours(variant, checkpoint_filter_fn, **kwargs)
 
 
 @pytest.fixture(scope="module")

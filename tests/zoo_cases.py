@@ -50,3 +50,31 @@ def input_size(name: str, target: Optional[int] = TARGET_SIZE) -> Tuple[int, ...
 
 def seeded_input(size: Tuple[int, ...], batch: int) -> torch.Tensor:
     return torch.randn((batch, *size), generator=torch.Generator().manual_seed(0))
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random values in every float tensor (BN statistics, zero-initialised branches) so no branch
+    is trivial in a parity test; running variances stay positive."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            else:
+                t.copy_(torch.randn(t.shape, generator=g) * 0.2)
+    return model
+
+
+def timm_and_ours(variant: str, filter_fn, **kwargs):
+    """timm's `variant` with randomized weights, and `vitzoo_<variant>` loaded from them through `filter_fn`."""
+    import timm
+    ref = randomize_(timm.create_model(variant, **kwargs)).eval()
+    ours = timm.create_model(f"vitzoo_{variant}", **kwargs).eval()
+    ours.load_state_dict(filter_fn(ref.state_dict(), ours), strict=True)
+    return ref, ours
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
