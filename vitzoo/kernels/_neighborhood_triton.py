@@ -39,6 +39,24 @@ def _axis_window(i, L, DIL, K: tl.constexpr):
 
 
 @triton.jit
+def _tile(pid_t, pid_bh, H, W, NH, BLOCK: tl.constexpr):
+    """Program ids -> (batch, head, flat positions of this tile, their mask, row, column)."""
+    b = (pid_bh // NH).to(tl.int64)
+    h = pid_bh % NH
+    offs = pid_t * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < H * W
+    return b, h, offs, mask, offs // W, offs % W
+
+
+@triton.jit
+def _rpb(RPB, h, dy, dx, mask, KH: tl.constexpr, KW: tl.constexpr):
+    """Bias of the key-minus-query offset (dy, dx), in group coordinates, from the
+    ``[heads, 2KH-1, 2KW-1]`` table (fp32)."""
+    idx = h * (2 * KH - 1) * (2 * KW - 1) + (dy + KH - 1) * (2 * KW - 1) + (dx + KW - 1)
+    return tl.load(RPB + idx, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _na2d_fwd_kernel(
     Q, K, V, RPB, O, LSE,
     sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
@@ -46,14 +64,7 @@ def _na2d_fwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
-    pid_q = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // NH).to(tl.int64)
-    h = pid_bh % NH
-    offs = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    qmask = offs < H * W
-    i = offs // W
-    j = offs % W
+    b, h, offs, qmask, i, j = _tile(tl.program_id(0), tl.program_id(1), H, W, NH, BLOCK_Q)
     gi, ci, si = _axis_window(i, H, DH, KH)
     gj, cj, sj = _axis_window(j, W, DW, KW)
     d = tl.arange(0, BLOCK_D)
@@ -74,9 +85,7 @@ def _na2d_fwd_kernel(
             kk = tl.load(k_base + (ki * skh + kj * skw)[:, None] + d[None, :], mask=m2, other=0.0)
             s = tl.sum(q * kk.to(tl.float32), axis=1)
             if HAS_RPB:
-                pb = (si + a - ci + KH - 1) * (2 * KW - 1) + (sj + c - cj + KW - 1)
-                s += tl.load(RPB + h * (2 * KH - 1) * (2 * KW - 1) + pb, mask=qmask,
-                             other=0.0).to(tl.float32)
+                s += _rpb(RPB, h, si + a - ci, sj + c - cj, qmask, KH, KW)
             m_new = tl.maximum(m_i, s)
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new)
@@ -98,14 +107,7 @@ def _na2d_bwd_dq_kernel(
     KH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
-    pid_q = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // NH).to(tl.int64)
-    h = pid_bh % NH
-    offs = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    qmask = offs < H * W
-    i = offs // W
-    j = offs % W
+    b, h, offs, qmask, i, j = _tile(tl.program_id(0), tl.program_id(1), H, W, NH, BLOCK_Q)
     gi, ci, si = _axis_window(i, H, DH, KH)
     gj, cj, sj = _axis_window(j, W, DW, KW)
     d = tl.arange(0, BLOCK_D)
@@ -132,9 +134,7 @@ def _na2d_bwd_dq_kernel(
                          other=0.0).to(tl.float32)
             s = tl.sum(q * kk, axis=1)
             if HAS_RPB:
-                pb = (si + a - ci + KH - 1) * (2 * KW - 1) + (sj + c - cj + KW - 1)
-                s += tl.load(RPB + h * (2 * KH - 1) * (2 * KW - 1) + pb, mask=qmask,
-                             other=0.0).to(tl.float32)
+                s += _rpb(RPB, h, si + a - ci, sj + c - cj, qmask, KH, KW)
             p = tl.exp(s - lse)
             dp = tl.sum(do * vv, axis=1)
             ds = p * (dp - delta)
@@ -164,14 +164,7 @@ def _na2d_bwd_dkdv_kernel(
     KH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
-    pid_k = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // NH).to(tl.int64)
-    h = pid_bh % NH
-    offs = pid_k * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    kmask = offs < H * W
-    i = offs // W
-    j = offs % W
+    b, h, offs, kmask, i, j = _tile(tl.program_id(0), tl.program_id(1), H, W, NH, BLOCK_Q)
     gi, ci, lo_i, cnt_i = _axis_inverse(i, H, DH, KH)
     gj, cj, lo_j, cnt_j = _axis_inverse(j, W, DW, KW)
     cnt_i = tl.where(kmask, cnt_i, 0)
@@ -207,9 +200,7 @@ def _na2d_bwd_dkdv_kernel(
             delta = tl.load(DELTA + tok, mask=pmask, other=0.0)
             s = tl.sum(q * kk, axis=1) * scale
             if HAS_RPB:
-                pb = (ci - qc_i + KH - 1) * (2 * KW - 1) + (cj - qc_j + KW - 1)
-                s += tl.load(RPB + h * (2 * KH - 1) * (2 * KW - 1) + pb, mask=pmask,
-                             other=0.0).to(tl.float32)
+                s += _rpb(RPB, h, ci - qc_i, cj - qc_j, pmask, KH, KW)
             p = tl.where(pmask, tl.exp(s - lse), 0.0)
             dv += p[:, None] * do
             dp = tl.sum(do * vv, axis=1)
