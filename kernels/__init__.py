@@ -4,7 +4,7 @@ Layout: heads-last, ``[B, *spatial, heads, head_dim]`` (``[B, H, W, heads, d]`` 
 ``[B, L, heads, d]`` for 1-D), exactly what a qkv ``Linear`` followed by a reshape produces, so
 no permute copies are needed between the projection and the kernel.
 
-Dispatch (one rule for every op, see ``vitzoo/kernels/_dispatch.py``): the fused Triton kernels
+Dispatch (one rule for every op, see ``kernels/_dispatch.py``): the fused Triton kernels
 run when the tensors are on CUDA and the shape/dtype is supported, otherwise the PyTorch
 reference runs (CPU included). ``VITZOO_KERNELS=reference|triton|auto`` overrides it at call
 time; ``triton`` raises instead of falling back when Triton cannot run. With
