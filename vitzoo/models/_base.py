@@ -11,6 +11,7 @@ forward_intermediates, pruning, group_matcher and features_only then work withou
 import contextlib
 import fnmatch
 import functools
+import sys
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -54,6 +55,40 @@ def factory_defaults(device: Any = None, dtype: torch.dtype | None = None) -> It
             torch.set_default_dtype(prev_dtype)
 
 
+def _checkpoint_filter_of(model: nn.Module) -> Callable[[dict, nn.Module], dict] | None:
+    """The family's `checkpoint_filter_fn` (set by `build_zoo_model`, else the class's module's)."""
+    fn = model.__dict__.get("_zoo_checkpoint_filter")
+    if fn is None:
+        fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    return fn
+
+
+def _adapt_foreign_layout(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """`load_state_dict` pre-hook: convert a timm or official key layout to the zoo's, in place.
+
+    Every loading path ends in `load_state_dict` (timm's `checkpoint_path=`, `load_checkpoint`,
+    `--resume`/`--initial-checkpoint`, `tools/validate.py --checkpoint`), so recognising the layout
+    here makes all of them accept what `pretrained=True` accepts. A state dict whose keys are all
+    the zoo's own is left untouched; otherwise the family's `checkpoint_filter_fn` converts it (it
+    also unwraps `{'model': ...}` / `{'state_dict': ...}` containers of official files).
+    """
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    own = {prefix + k for k in module.state_dict().keys()}
+    if not keys or all(k in own for k in keys):
+        return
+    filter_fn = _checkpoint_filter_of(module)
+    if filter_fn is None:
+        return
+    sub = {k[len(prefix):]: state_dict.pop(k) for k in keys}
+    for wrapper in ("model", "state_dict", "model_ema", "state_dict_ema"):
+        if len(sub) == 1 and isinstance(sub.get(wrapper), dict):
+            sub = sub[wrapper]
+    sub = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sub.items()}
+    if not all(k in own for k in (prefix + k for k in sub)):
+        sub = filter_fn(sub, module)
+    state_dict.update({prefix + k: v for k, v in sub.items()})
+
+
 class ZooModel(nn.Module):
     """Base of every zoo model: what timm's contract asks of any backbone.
 
@@ -80,6 +115,9 @@ class ZooModel(nn.Module):
         def __init__(self, *args: Any, device: Any = None, dtype: torch.dtype | None = None, **kw: Any) -> None:
             with factory_defaults(device, dtype):
                 init(self, *args, **kw)
+            if not getattr(self, "_zoo_layout_hook", False):
+                self.register_load_state_dict_pre_hook(_adapt_foreign_layout)
+                self._zoo_layout_hook = True
 
         __init__._zoo_wrapped = True  # type: ignore[attr-defined]
         cls.__init__ = __init__  # type: ignore[method-assign]
@@ -429,7 +467,7 @@ def build_zoo_model(
     blocks, given as an int, of an isotropic model).
     """
     feature_cfg = dict(feature_cls="getter", out_indices=kwargs.pop("out_indices", default_out_indices))
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         model_cls,
         variant,
         pretrained,
@@ -437,3 +475,7 @@ def build_zoo_model(
         feature_cfg=feature_cfg,
         **kwargs,
     )
+    core = model if isinstance(model, ZooModel) else getattr(model, "model", None)
+    if isinstance(core, ZooModel) and filter_fn is not None:
+        core.__dict__["_zoo_checkpoint_filter"] = filter_fn  # see _adapt_foreign_layout
+    return model
