@@ -267,10 +267,17 @@ def _na_backward_flop(grad_out_shape, q_shape, k_shape, v_shape, rpb_shape, out_
     return 2 * na_flops(q_shape, kernel_size)
 
 
+def na_macs(q_shape: Sequence[int], kernel_size: Sequence[int]) -> int:
+    """Forward multiply-adds of neighborhood attention, ``na_flops / 2`` (fvcore's unit)."""
+    return na_flops(q_shape, kernel_size) // 2
+
+
 def _fvcore_na_handle(inputs: List[Any], outputs: List[Any]) -> int:
+    # fvcore counts one multiply-add as one (its matmul/conv handles do), as the papers' GMACs
+    # do; torch's FlopCounterMode above keeps its own convention, two per multiply-add.
     q_shape = jit_shape(inputs[0])
     kernel_size = jit_constant(inputs[4])
-    return na_flops(q_shape, kernel_size)
+    return na_macs(q_shape, kernel_size)
 
 
 add_fvcore_handle("vitzoo::na2d", _fvcore_na_handle)
