@@ -18,10 +18,14 @@ same counts: ``FlopCountAnalysis(model, x).set_op_handle(**fvcore_handles())``.
 """
 from ._dispatch import kernel_mode, select_backend, triton_available, triton_interpreting
 from ._flops import fvcore_handles
+from .sdpa_flops import sdpa_backward_macs, sdpa_macs  # also registers SDPA's FLOP formulas
 from .neighborhood import (na1d, na2d, na_flops, na_reference, neighbor_index, rpb_index,
                            window_start)
+from .routing import routed_attention, routed_attention_flops, routed_reference
 
 __all__ = [
     "na1d", "na2d", "na_reference", "na_flops", "window_start", "neighbor_index", "rpb_index",
-    "fvcore_handles", "kernel_mode", "select_backend", "triton_available", "triton_interpreting",
+    "routed_attention", "routed_reference", "routed_attention_flops",
+    "fvcore_handles", "sdpa_macs", "sdpa_backward_macs", "kernel_mode", "select_backend",
+    "triton_available", "triton_interpreting",
 ]

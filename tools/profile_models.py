@@ -135,8 +135,8 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> Optional[int]:
         from fvcore.nn import FlopCountAnalysis
     try:
         analysis = FlopCountAnalysis(model, x)
-        analysis.set_op_handle(**{'aten::scaled_dot_product_attention': sdpa_flop_jit},
-                               **_zoo_fvcore_handles())
+        analysis.set_op_handle(**{'aten::scaled_dot_product_attention': sdpa_flop_jit,
+                                  **_zoo_fvcore_handles()})
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         logging.getLogger('fvcore').setLevel(logging.ERROR)
         with torch.no_grad(), warnings.catch_warnings():
