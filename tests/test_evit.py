@@ -13,6 +13,7 @@ from vitzoo.layers.metaformer_block import MetaFormerBlock
 from vitzoo.layers.token_reorg import ReorgViTBlock, TokenReorg, keep_rate_at
 from vitzoo.layers.vit_block import vit_block
 from vitzoo.models.evit import EViT, checkpoint_filter_fn
+from zoo_cases import randomize_
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -166,11 +167,34 @@ def test_set_keep_rate_and_target():
 def test_official_tag_sets_keep_rate_and_fusion():
     model = timm.create_model("vitzoo_evit_deit_small_patch16_224.evit_nofuse_kr50_in1k", device="meta")
     assert model.target_keep_rate == 0.5 and not model.fuse_token
-    assert model.pretrained_cfg["url"].startswith("https://drive.google.com/")
+    cfg = model.pretrained_cfg
+    assert not cfg.get("url") and not cfg.get("hf_hub_id"), "Drive pages are not downloadable files"
+    assert "drive.google.com" in cfg["notes"][0]
+    notes = {timm.models.get_pretrained_cfg(f"vitzoo_evit_deit_small_patch16_224.evit_{f}_kr{r}_in1k").notes[0]
+             for f in ("fuse", "nofuse") for r in (50, 60, 70, 80, 90)}
+    assert len(notes) == 10, "each official tag points at its own file"
+    with pytest.raises(ValueError, match="no direct download"):
+        timm.create_model("vitzoo_evit_deit_small_patch16_224.evit_fuse_kr70_in1k", pretrained=True)
     model = timm.create_model("vitzoo_evit_deit_small_patch16_224", device="meta")
     assert model.target_keep_rate == 0.7 and model.fuse_token
     assert model.token_reorg_locs == (3, 6, 9)
+    assert model.pretrained_cfg["tag"] == "deit_fb_in1k"
     assert model.pretrained_cfg["hf_hub_id"] == "timm/deit_small_patch16_224.fb_in1k"
+
+
+def test_default_tag_with_weights_is_exactly_deit(tmp_path):
+    deit = randomize_(timm.create_model("deit_tiny_patch16_224")).eval()
+    path = tmp_path / "deit.pth"
+    torch.save(deit.state_dict(), path)
+    model = timm.create_model("vitzoo_evit_deit_tiny_patch16_224", pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path))).eval()
+    assert model.target_keep_rate == 1.0
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), deit(x), rtol=1e-4, atol=1e-4)
+    tuned = timm.create_model("vitzoo_evit_deit_tiny_patch16_224", pretrained=True, keep_rate=0.7,
+                              pretrained_cfg_overlay=dict(file=str(path)))
+    assert tuned.target_keep_rate == 0.7  # EViT's recipe: fine-tune DeiT weights at 0.7
 
 
 def test_reorg_is_a_switch_on_the_shared_vit_block():

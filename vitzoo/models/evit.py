@@ -120,14 +120,31 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: EViT) -> dict[str, t
 
 
 _OFFICIAL_TAG = re.compile(r"^evit_(fuse|nofuse)_kr(\d+)_in1k$")
+_DEIT_TAG = "deit_fb_in1k"
 
 
 def _create_evit(variant: str, pretrained: bool = False, **kwargs: Any) -> EViT:
+    """The tag says what the weights were trained as, and sets the keep rate that goes with them.
+
+    `deit_fb_in1k` (the default) is timm's DeiT: with `pretrained=True` it runs at keep rate 1.0
+    (exactly DeiT) unless `keep_rate=` is given (EViT's own recipe fine-tunes from these weights
+    at 0.7). `evit_{fuse,nofuse}_kr{NN}_in1k` are the official EViT-DeiT-S checkpoints, trained at
+    keep rate NN/100, with or without token fusion; they are not directly downloadable.
+    """
     tag = kwargs.get("pretrained_cfg")
-    match = _OFFICIAL_TAG.match(tag) if isinstance(tag, str) else None
+    tag = tag if isinstance(tag, str) else None
+    match = _OFFICIAL_TAG.match(tag) if tag else None
     if match:  # an official EViT checkpoint was trained at this keep rate / fusion setting
         kwargs.setdefault("fuse_token", match.group(1) == "fuse")
         kwargs.setdefault("keep_rate", int(match.group(2)) / 100)
+        overlay = kwargs.get("pretrained_cfg_overlay") or {}
+        if pretrained and not overlay.get("file"):
+            file_id = _OFFICIAL_DEIT_S[tag[len("evit_"):-len("_in1k")]]
+            raise ValueError(
+                f"{variant}.{tag} is an official EViT checkpoint that has no direct download: fetch it from "
+                f"https://drive.google.com/file/d/{file_id}/view and pass pretrained_cfg_overlay=dict(file=PATH)")
+    elif pretrained and tag in (None, _DEIT_TAG):
+        kwargs.setdefault("keep_rate", 1.0)
     return build_zoo_model(EViT, variant, pretrained, filter_fn=checkpoint_filter_fn, default_out_indices=3, **kwargs)
 
 
@@ -142,9 +159,9 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
-# Official EViT-DeiT-S checkpoints (README model zoo): Google Drive pages, not direct downloads.
-# Download the file and load it with pretrained_cfg_overlay=dict(file=path); the tag sets the
-# keep rate and fusion the checkpoint was trained with.
+# Official EViT-DeiT-S checkpoints (README model zoo): Google Drive file ids. Drive serves a page,
+# not the file, so these tags have no URL: download by hand, then pass
+# pretrained_cfg_overlay=dict(file=path); the tag sets the keep rate and fusion they were trained with.
 _OFFICIAL_DEIT_S = {
     "fuse_kr90": "1CmROmlLV-7nyYY-Bhph8_5ut3wFwqvny",
     "fuse_kr80": "1BTJyIe0zVK3zYXz3BzIlSC4YZCnZu7cJ",
@@ -157,18 +174,22 @@ _OFFICIAL_DEIT_S = {
     "nofuse_kr60": "1okYcKryyD6FFPG9v5r40R28SRNfVZ5X0",
     "nofuse_kr50": "1qsPeLN5ytLO8pM7lUuj5bi6pyMhjiSJO",
 }
+_DEIT_NOTE = ("timm's DeiT weights; pretrained=True runs them at keep_rate=1.0 (exactly DeiT) unless keep_rate= "
+              "is given",)
 
 default_cfgs = generate_default_cfgs({
-    "vitzoo_evit_deit_tiny_patch16_224.fb_in1k": _cfg(hf_hub_id="timm/deit_tiny_patch16_224.fb_in1k"),
-    "vitzoo_evit_deit_small_patch16_224.fb_in1k": _cfg(hf_hub_id="timm/deit_small_patch16_224.fb_in1k"),
+    f"vitzoo_evit_deit_tiny_patch16_224.{_DEIT_TAG}": _cfg(hf_hub_id="timm/deit_tiny_patch16_224.fb_in1k",
+                                                           notes=_DEIT_NOTE),
+    f"vitzoo_evit_deit_small_patch16_224.{_DEIT_TAG}": _cfg(hf_hub_id="timm/deit_small_patch16_224.fb_in1k",
+                                                            notes=_DEIT_NOTE),
     **{
         f"vitzoo_evit_deit_small_patch16_224.evit_{name}_in1k": _cfg(
-            url=f"https://drive.google.com/file/d/{file_id}/view?usp=sharing",
-            notes=("Official EViT checkpoint on Google Drive (no direct download): fetch it by hand and "
-                   "pass pretrained_cfg_overlay=dict(file=path)",))
+            notes=(f"Official EViT checkpoint (keep rate 0.{name[-2:]}, {name.split('_')[0]}), no direct download: "
+                   f"https://drive.google.com/file/d/{file_id}/view ; pass pretrained_cfg_overlay=dict(file=path)",))
         for name, file_id in _OFFICIAL_DEIT_S.items()
     },
-    "vitzoo_evit_deit_base_patch16_224.fb_in1k": _cfg(hf_hub_id="timm/deit_base_patch16_224.fb_in1k"),
+    f"vitzoo_evit_deit_base_patch16_224.{_DEIT_TAG}": _cfg(hf_hub_id="timm/deit_base_patch16_224.fb_in1k",
+                                                           notes=_DEIT_NOTE),
 })
 
 
