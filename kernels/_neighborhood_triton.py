@@ -1,219 +1,102 @@
-"""Triton kernels for 2-D neighborhood attention (1-D runs as a ``1 x L`` map).
+"""Launchers of the tiled tensor-core neighborhood-attention kernels (2-D; 1-D is a ``1 x L`` map).
 
-Imported lazily by :mod:`vitzoo.kernels.neighborhood` only when the Triton backend is chosen.
-Index rules are those of the module doc of ``neighborhood.py``, recomputed in-kernel per axis:
-group ``g = i % d``, group coordinate ``c = i // d``, group length ``n = ceil((L - g) / d)``,
-window start ``s = clamp(c - k // 2, 0, n - k)``, rpb index ``(s + t) - c + k - 1``.
+Imported lazily by :mod:`vitzoo.kernels.neighborhood` only when the Triton backend is chosen. The
+kernels are in ``_na_forward_triton`` and ``_na_backward_triton``; this file picks the tile
+configuration, sizes the grids and reduces the compact bias gradient.
 
-* forward: one program per (query tile, batch * head); loops over the ``kh * kw`` neighbours with
-  an online softmax in fp32, writes the output and the logsumexp.
-* backward dq (+ dS for the bias): one program per query tile, recomputes the probabilities from
-  the saved logsumexp. ``d(rpb)`` is a reduction of dS done with ``index_add_`` afterwards
-  (deterministic; no atomics).
-* backward dk/dv: inverse-neighbourhood formulation, one program per key tile. Along an axis,
-  the queries whose window holds key ``j`` form the interval ``[c_lo, c_hi]`` of its group:
-  ``c_lo = 0 if j_c <= k - 1 else j_c - k//2`` and ``c_hi = n - 1 if j_c >= n - k else
-  j_c + k//2`` (at most ``2k - 1`` queries), so no atomics are needed.
+Tile table (``_tile_config``): query/key tiles are ``TH x TW`` positions of one dilation group,
+walked in chunks of ``RPC`` rows x ``CW`` columns of keys (forward, dq) or queries (dk/dv).
+
+* groups of at most 8 x 8 (7x7 maps, DiNAT layers with ``k * d = map side``): one 8x8 tile per
+  group and one 64-slot chunk, so the loop runs once (the dense path);
+* 1-D maps: 1 x 64 tiles (1 x 32 for head_dim 128);
+* otherwise 8x8 tiles (M = 64) with 16-column chunks (32 when ``TW + k - 1 > 16``) and
+  4 / 2 / 1 rows per chunk for head_dim <= 32 / 64 / 128 (2 / 2 / 1 in the backward).
+
+``VITZOO_NA_TILE=RxC`` (tests only) forces small tiles so tiny maps span several tiles and the
+chunk loops run more than once. fp32 inputs use IEEE-precision dots (1e-4 against the reference);
+``VITZOO_NA_FP32_PRECISION=tf32`` (or ``tf32x3``) selects the faster tensor-float dots.
 """
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence, Tuple
+import os
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import triton
-import triton.language as tl
 from torch import Tensor
 
-__all__ = ["na2d_triton_forward", "na2d_triton_backward"]
+from ._na_backward_triton import _na_bwd_dkdv_kernel, _na_bwd_dq_kernel, _na_bwd_preprocess
+from ._na_forward_triton import _na_fwd_kernel
+
+__all__ = ["na2d_triton_forward", "na2d_triton_backward", "tile_config"]
+
+_LOG2E = 1.4426950408889634
+_FP32_PRECISIONS = ("ieee", "tf32", "tf32x3")
 
 
-@triton.jit
-def _axis_window(i, L, DIL, K: tl.constexpr):
-    """Per-axis window of query positions ``i``: (group, group coord, window start)."""
-    g = i % DIL
-    c = i // DIL
-    n = (L - g + DIL - 1) // DIL
-    s = tl.minimum(tl.maximum(c - K // 2, 0), n - K)
-    return g, c, s
+def _fp32_precision() -> str:
+    prec = os.environ.get("VITZOO_NA_FP32_PRECISION", "ieee").strip().lower() or "ieee"
+    if prec not in _FP32_PRECISIONS:
+        raise ValueError(f"VITZOO_NA_FP32_PRECISION={prec!r} is not one of {_FP32_PRECISIONS}")
+    return prec
 
 
-@triton.jit
-def _tile(pid_t, pid_bh, H, W, NH, BLOCK: tl.constexpr):
-    """Program ids -> (batch, head, flat positions of this tile, their mask, row, column)."""
-    b = (pid_bh // NH).to(tl.int64)
-    h = pid_bh % NH
-    offs = pid_t * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < H * W
-    return b, h, offs, mask, offs // W, offs % W
+def _tile_override() -> Optional[Tuple[int, int]]:
+    spec = os.environ.get("VITZOO_NA_TILE", "").strip().lower()
+    if not spec:
+        return None
+    try:
+        th, tw = (int(x) for x in spec.split("x"))
+    except ValueError:
+        raise ValueError(f"VITZOO_NA_TILE={spec!r} must look like '4x4'") from None
+    if th < 1 or tw < 1 or th & (th - 1) or tw & (tw - 1) or th * tw < 16:
+        raise ValueError(f"VITZOO_NA_TILE={spec!r}: both sides must be powers of two with "
+                         "rows * cols >= 16 (tl.dot needs M >= 16)")
+    return th, tw
 
 
-@triton.jit
-def _rpb(RPB, h, dy, dx, mask, KH: tl.constexpr, KW: tl.constexpr):
-    """Bias of the key-minus-query offset (dy, dx), in group coordinates, from the
-    ``[heads, 2KH-1, 2KW-1]`` table (fp32)."""
-    idx = h * (2 * KH - 1) * (2 * KW - 1) + (dy + KH - 1) * (2 * KW - 1) + (dx + KW - 1)
-    return tl.load(RPB + idx, mask=mask, other=0.0).to(tl.float32)
+def tile_config(H: int, W: int, ks: Sequence[int], dil: Sequence[int], head_dim: int
+                ) -> Dict[str, Dict[str, int]]:
+    """Tile configuration of one call: ``{"fwd": {...}, "bwd": {...}}`` launch meta-parameters.
+
+    Every ``tl.dot`` has M = TH*TW, N = RPC*CW and K = BLOCK_D all >= 16 (Triton 3.1's minimum).
+    """
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    warps = 8 if block_d >= 128 else 4
+    n_h, n_w = -(-H // dil[0]), -(-W // dil[1])
+    override = _tile_override()
+    if override is not None:
+        th, tw = override
+        if H == 1:
+            th, tw = 1, th * tw
+        fwd = bwd = dict(TH=th, TW=tw, RPC=2 if th > 1 else 1, CW=8 if th > 1 else 16)
+    elif H == 1:
+        tw = 32 if block_d >= 128 else 64
+        fwd = dict(TH=1, TW=tw, RPC=1, CW=64)
+        bwd = dict(TH=1, TW=tw, RPC=1, CW=32)
+    elif n_h <= 8 and n_w <= 8:
+        fwd = bwd = dict(TH=8, TW=8, RPC=8, CW=8)
+    else:
+        wide = 8 + ks[1] - 1 > 16
+        cw = 32 if wide else 16
+        rpc_f = {16: 4, 32: 4, 64: 2}.get(block_d, 1)
+        rpc_b = 1 if block_d >= 128 else 2
+        if wide:
+            rpc_f, rpc_b = max(1, rpc_f // 2), max(1, rpc_b // 2)
+        fwd = dict(TH=8, TW=8, RPC=rpc_f, CW=cw)
+        bwd = dict(TH=8, TW=8, RPC=rpc_b, CW=cw)
+    common = dict(BLOCK_D=block_d, num_warps=warps)
+    return {"fwd": dict(fwd, **common), "bwd": dict(bwd, **common)}
 
 
-@triton.jit
-def _na2d_fwd_kernel(
-    Q, K, V, RPB, O, LSE,
-    sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
-    H, W, NH, DH, DW, scale,
-    KH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
-):
-    b, h, offs, qmask, i, j = _tile(tl.program_id(0), tl.program_id(1), H, W, NH, BLOCK_Q)
-    gi, ci, si = _axis_window(i, H, DH, KH)
-    gj, cj, sj = _axis_window(j, W, DW, KW)
-    d = tl.arange(0, BLOCK_D)
-    dmask = d < HEAD_DIM
-    m2 = qmask[:, None] & dmask[None, :]
-
-    q_ptr = Q + b * sqb + h * sqn + (i * sqh + j * sqw)[:, None] + d[None, :]
-    q = tl.load(q_ptr, mask=m2, other=0.0).to(tl.float32) * scale
-    m_i = tl.full([BLOCK_Q], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_Q], tl.float32)
-    acc = tl.zeros([BLOCK_Q, BLOCK_D], tl.float32)
-    k_base = K + b * skb + h * skn
-    v_base = V + b * svb + h * svn
-    for a in range(KH):
-        ki = gi + (si + a) * DH
-        for c in range(KW):
-            kj = gj + (sj + c) * DW
-            kk = tl.load(k_base + (ki * skh + kj * skw)[:, None] + d[None, :], mask=m2, other=0.0)
-            s = tl.sum(q * kk.to(tl.float32), axis=1)
-            if HAS_RPB:
-                s += _rpb(RPB, h, si + a - ci, sj + c - cj, qmask, KH, KW)
-            m_new = tl.maximum(m_i, s)
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new)
-            vv = tl.load(v_base + (ki * svh + kj * svw)[:, None] + d[None, :], mask=m2, other=0.0)
-            acc = acc * alpha[:, None] + p[:, None] * vv.to(tl.float32)
-            l_i = l_i * alpha + p
-            m_i = m_new
-    out = acc / l_i[:, None]
-    o_ptr = O + (b * H * W * NH + h) * HEAD_DIM + (offs * NH * HEAD_DIM)[:, None] + d[None, :]
-    tl.store(o_ptr, out.to(O.dtype.element_ty), mask=m2)
-    tl.store(LSE + b * H * W * NH + offs * NH + h, m_i + tl.log(l_i), mask=qmask)
+def _grid(H: int, W: int, dil: Sequence[int], cfg: Dict[str, int], batch_heads: int):
+    nth = triton.cdiv(triton.cdiv(H, dil[0]), cfg["TH"])
+    ntw = triton.cdiv(triton.cdiv(W, dil[1]), cfg["TW"])
+    return (dil[0] * dil[1] * nth * ntw, batch_heads), nth, ntw
 
 
-@triton.jit
-def _na2d_bwd_dq_kernel(
-    Q, K, V, RPB, DO, LSE, DELTA, DQ, DS,
-    sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
-    H, W, NH, DH, DW, scale,
-    KH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
-):
-    b, h, offs, qmask, i, j = _tile(tl.program_id(0), tl.program_id(1), H, W, NH, BLOCK_Q)
-    gi, ci, si = _axis_window(i, H, DH, KH)
-    gj, cj, sj = _axis_window(j, W, DW, KW)
-    d = tl.arange(0, BLOCK_D)
-    dmask = d < HEAD_DIM
-    m2 = qmask[:, None] & dmask[None, :]
-
-    q = tl.load(Q + b * sqb + h * sqn + (i * sqh + j * sqw)[:, None] + d[None, :], mask=m2,
-                other=0.0).to(tl.float32) * scale
-    tok = b * H * W * NH + offs * NH + h                      # index into [B, H, W, NH] tensors
-    do = tl.load(DO + tok[:, None] * HEAD_DIM + d[None, :], mask=m2, other=0.0).to(tl.float32)
-    lse = tl.load(LSE + tok, mask=qmask, other=0.0)
-    delta = tl.load(DELTA + tok, mask=qmask, other=0.0)
-    dq = tl.zeros([BLOCK_Q, BLOCK_D], tl.float32)
-    k_base = K + b * skb + h * skn
-    v_base = V + b * svb + h * svn
-    ds_base = DS + ((b * NH + h) * H * W + offs) * (KH * KW)  # [B, NH, N, KH*KW] fp32
-    for a in range(KH):
-        ki = gi + (si + a) * DH
-        for c in range(KW):
-            kj = gj + (sj + c) * DW
-            kk = tl.load(k_base + (ki * skh + kj * skw)[:, None] + d[None, :], mask=m2,
-                         other=0.0).to(tl.float32)
-            vv = tl.load(v_base + (ki * svh + kj * svw)[:, None] + d[None, :], mask=m2,
-                         other=0.0).to(tl.float32)
-            s = tl.sum(q * kk, axis=1)
-            if HAS_RPB:
-                s += _rpb(RPB, h, si + a - ci, sj + c - cj, qmask, KH, KW)
-            p = tl.exp(s - lse)
-            dp = tl.sum(do * vv, axis=1)
-            ds = p * (dp - delta)
-            dq += ds[:, None] * kk
-            if HAS_RPB:
-                tl.store(ds_base + a * KW + c, ds, mask=qmask)
-    dq_ptr = DQ + tok[:, None] * HEAD_DIM + d[None, :]
-    tl.store(dq_ptr, (dq * scale).to(DQ.dtype.element_ty), mask=m2)
-
-
-@triton.jit
-def _axis_inverse(j, L, DIL, K: tl.constexpr):
-    """Per-axis inverse neighbourhood of key positions ``j``: (group, coord, first query, count)."""
-    g = j % DIL
-    c = j // DIL
-    n = (L - g + DIL - 1) // DIL
-    lo = tl.where(c <= K - 1, 0, c - K // 2)
-    hi = tl.where(c >= n - K, n - 1, c + K // 2)
-    return g, c, lo, hi - lo + 1
-
-
-@triton.jit
-def _na2d_bwd_dkdv_kernel(
-    Q, K, V, RPB, DO, LSE, DELTA, DK, DV,
-    sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
-    H, W, NH, DH, DW, scale,
-    KH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr,
-):
-    b, h, offs, kmask, i, j = _tile(tl.program_id(0), tl.program_id(1), H, W, NH, BLOCK_Q)
-    gi, ci, lo_i, cnt_i = _axis_inverse(i, H, DH, KH)
-    gj, cj, lo_j, cnt_j = _axis_inverse(j, W, DW, KW)
-    cnt_i = tl.where(kmask, cnt_i, 0)
-    cnt_j = tl.where(kmask, cnt_j, 0)
-    d = tl.arange(0, BLOCK_D)
-    dmask = d < HEAD_DIM
-    m2 = kmask[:, None] & dmask[None, :]
-
-    kk = tl.load(K + b * skb + h * skn + (i * skh + j * skw)[:, None] + d[None, :], mask=m2,
-                 other=0.0).to(tl.float32)
-    vv = tl.load(V + b * svb + h * svn + (i * svh + j * svw)[:, None] + d[None, :], mask=m2,
-                 other=0.0).to(tl.float32)
-    dk = tl.zeros([BLOCK_Q, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_Q, BLOCK_D], tl.float32)
-    q_base = Q + b * sqb + h * sqn
-    row0 = b * H * W * NH + h
-    n_u = tl.max(cnt_i, axis=0)
-    n_w = tl.max(cnt_j, axis=0)
-    for u in range(0, n_u):
-        qc_i = lo_i + u
-        qi = gi + qc_i * DH
-        for w in range(0, n_w):
-            qc_j = lo_j + w
-            qj = gj + qc_j * DW
-            pmask = kmask & (u < cnt_i) & (w < cnt_j)
-            pm2 = pmask[:, None] & dmask[None, :]
-            q = tl.load(q_base + (qi * sqh + qj * sqw)[:, None] + d[None, :], mask=pm2,
-                        other=0.0).to(tl.float32)
-            tok = row0 + (qi * W + qj) * NH
-            do = tl.load(DO + tok[:, None] * HEAD_DIM + d[None, :], mask=pm2,
-                         other=0.0).to(tl.float32)
-            lse = tl.load(LSE + tok, mask=pmask, other=0.0)
-            delta = tl.load(DELTA + tok, mask=pmask, other=0.0)
-            s = tl.sum(q * kk, axis=1) * scale
-            if HAS_RPB:
-                s += _rpb(RPB, h, ci - qc_i, cj - qc_j, pmask, KH, KW)
-            p = tl.where(pmask, tl.exp(s - lse), 0.0)
-            dv += p[:, None] * do
-            dp = tl.sum(do * vv, axis=1)
-            ds = p * (dp - delta)
-            dk += ds[:, None] * q
-    out = (row0 + offs * NH)[:, None] * HEAD_DIM + d[None, :]
-    tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=m2)
-    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=m2)
-
-
-# ----------------------------------------------------------------------------------------------
-# Launchers
-# ----------------------------------------------------------------------------------------------
 def _last_dim_contiguous(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -222,70 +105,92 @@ def _strides(x: Tensor) -> Tuple[int, int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
 
 
-def _launch_cfg(q: Tensor) -> dict:
-    head_dim = q.shape[-1]
-    # enable_fp_fusion spelled out: Triton 3.9 warns when it is left to its (changing) default.
-    return dict(HEAD_DIM=head_dim, BLOCK_D=triton.next_power_of_2(head_dim),
-                BLOCK_Q=32 if head_dim > 64 else 64, num_warps=4, enable_fp_fusion=True)
+def _dot_meta(q: Tensor) -> Dict[str, object]:
+    """``PREC`` (fp32 dot precision) and ``UPCAST`` (interpreter-only bf16 workaround)."""
+    prec = _fp32_precision() if q.dtype == torch.float32 else "tf32"
+    interpreting = os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
+    return dict(PREC=prec, UPCAST=q.dtype == torch.bfloat16 and interpreting)
 
 
-@functools.lru_cache(maxsize=64)
-def _flat_bias_index(height: int, width: int, kh: int, kw: int, dh: int, dw: int,
-                     device: torch.device) -> Tensor:
-    """``[H*W*kh*kw]`` flat rpb index of every (query, neighbour), for the d(rpb) reduction."""
-    from ._neighborhood_index import rpb_index
-    bh, bw = rpb_index(height, kh, dh), rpb_index(width, kw, dw)
-    flat = bh[:, None, :, None] * (2 * kw - 1) + bw[None, :, None, :]
-    return flat.reshape(-1).to(device)
+def _rpb_log2(rpb: Optional[Tensor], q: Tensor) -> Tensor:
+    if rpb is None:
+        return torch.zeros(1, dtype=torch.float32, device=q.device)
+    return (rpb.float() * _LOG2E).contiguous()
 
 
 def na2d_triton_forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
                         ks: Sequence[int], dil: Sequence[int], scale: float
                         ) -> Tuple[Tensor, Tensor]:
-    """Fused forward: ``(out [B,H,W,h,d] in q's dtype, logsumexp [B,H,W,h] fp32)``."""
+    """Tiled forward: ``(out [B,H,W,h,d] in q's dtype, logsumexp [B,H,W,h] fp32)``."""
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     B, H, W, NH, D = q.shape
+    kh, kw, dh, dw = int(ks[0]), int(ks[1]), int(dil[0]), int(dil[1])
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, W, NH), dtype=torch.float32, device=q.device)
-    rpb_c = rpb.contiguous() if rpb is not None else q.new_empty(1)
-    cfg = _launch_cfg(q)
-    grid = (triton.cdiv(H * W, cfg["BLOCK_Q"]), B * NH)
-    _na2d_fwd_kernel[grid](q, k, v, rpb_c, out, lse, *_strides(q), *_strides(k), *_strides(v),
-                           H, W, NH, int(dil[0]), int(dil[1]), float(scale),
-                           KH=int(ks[0]), KW=int(ks[1]), HAS_RPB=rpb is not None, **cfg)
+    cfg = tile_config(H, W, (kh, kw), (dh, dw), D)["fwd"]
+    grid, nth, ntw = _grid(H, W, (dh, dw), cfg, B * NH)
+    _na_fwd_kernel[grid](q, k, v, _rpb_log2(rpb, q), out, lse,
+                         *_strides(q), *_strides(k), *_strides(v),
+                         H, W, NH, dh, dw, nth, ntw, float(scale) * _LOG2E,
+                         KH=kh, KW=kw, HAS_RPB=rpb is not None, HEAD_DIM=D,
+                         enable_fp_fusion=True, **_dot_meta(q), **cfg)
     return out, lse
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_onehot(length: int, kernel_size: int, dilation: int, device: torch.device) -> Tensor:
+    """``[length * k, 2k - 1]`` fp64 one-hot of each (query, neighbour)'s rpb index on one axis."""
+    from ._neighborhood_index import rpb_index
+    idx = rpb_index(length, kernel_size, dilation).reshape(-1)
+    return torch.nn.functional.one_hot(idx, 2 * kernel_size - 1).to(device, torch.float64)
+
+
+def _reduce_bias_grad(ds: Tensor, H: int, W: int, NH: int, ks: Tuple[int, int],
+                      dil: Tuple[int, int]) -> Tensor:
+    """``d(rpb) [NH, 2kh-1, 2kw-1]`` from the compact ``dS [B, H, W, NH, kh*kw]``.
+
+    Fixed-order sums and two one-hot matmuls in fp64 (no ``index_add_``, no TF32), so the
+    result is deterministic on every device.
+    """
+    kh, kw = ks
+    s = ds.sum(0, dtype=torch.float64).view(H, W, NH, kh, kw)
+    oh = _axis_onehot(H, kh, dil[0], ds.device)                       # [H*kh, 2kh-1]
+    ow = _axis_onehot(W, kw, dil[1], ds.device)                       # [W*kw, 2kw-1]
+    s = s.permute(2, 0, 3, 1, 4).reshape(NH, H * kh, W * kw)          # [NH, (i,a), (j,c)]
+    return oh.t() @ s @ ow                                            # [NH, 2kh-1, 2kw-1]
 
 
 def na2d_triton_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
                          out: Tensor, lse: Tensor, ks: Sequence[int], dil: Sequence[int],
                          scale: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Fused backward: ``(dq, dk, dv, drpb)`` (``drpb`` empty when ``rpb`` is None)."""
+    """Tiled backward: ``(dq, dk, dv, drpb)`` (``drpb`` empty when ``rpb`` is None)."""
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     B, H, W, NH, D = q.shape
-    kh, kw = int(ks[0]), int(ks[1])
-    grad_out = grad_out.contiguous()
-    lse = lse.contiguous()
-    delta = (grad_out.float() * out.float()).sum(-1).contiguous()          # [B, H, W, NH]
+    kh, kw, dh, dw = int(ks[0]), int(ks[1]), int(dil[0]), int(dil[1])
+    grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
+    cfg = tile_config(H, W, (kh, kw), (dh, dw), D)["bwd"]
+    rows = B * H * W * NH
+    delta = torch.empty((B, H, W, NH), dtype=torch.float32, device=q.device)
+    block_r = 64
+    _na_bwd_preprocess[(triton.cdiv(rows, block_r),)](
+        out, grad_out, delta, rows, HEAD_DIM=D, BLOCK_D=cfg["BLOCK_D"], BLOCK_R=block_r,
+        num_warps=4, enable_fp_fusion=True)
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=q.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=q.device)
     has_rpb = rpb is not None
-    rpb_c = rpb.contiguous() if has_rpb else q.new_empty(1)
-    ds = (torch.empty((B, NH, H * W, kh * kw), dtype=torch.float32, device=q.device)
-          if has_rpb else q.new_empty(1, dtype=torch.float32))
-    cfg = _launch_cfg(q)
-    grid = (triton.cdiv(H * W, cfg["BLOCK_Q"]), B * NH)
-    common = (*_strides(q), *_strides(k), *_strides(v), H, W, NH, int(dil[0]), int(dil[1]),
-              float(scale))
-    _na2d_bwd_dq_kernel[grid](q, k, v, rpb_c, grad_out, lse, delta, dq, ds, *common,
-                              KH=kh, KW=kw, HAS_RPB=has_rpb, **cfg)
-    _na2d_bwd_dkdv_kernel[grid](q, k, v, rpb_c, grad_out, lse, delta, dk, dv, *common,
-                                KH=kh, KW=kw, HAS_RPB=has_rpb, **cfg)
+    ds = (torch.empty((B, H, W, NH, kh * kw), dtype=torch.float32, device=q.device)
+          if has_rpb else torch.zeros(1, dtype=torch.float32, device=q.device))
+    grid, nth, ntw = _grid(H, W, (dh, dw), cfg, B * NH)
+    common = (*_strides(q), *_strides(k), *_strides(v), H, W, NH, dh, dw, nth, ntw,
+              float(scale) * _LOG2E, float(scale))
+    meta = dict(KH=kh, KW=kw, HAS_RPB=has_rpb, HEAD_DIM=D, enable_fp_fusion=True,
+                **_dot_meta(q), **cfg)
+    rpb2 = _rpb_log2(rpb, q)
+    _na_bwd_dkdv_kernel[grid](q, k, v, rpb2, grad_out, lse, delta, dk, dv, *common, **meta)
+    _na_bwd_dq_kernel[grid](q, k, v, rpb2, grad_out, lse, delta, dq, ds, *common, **meta)
     if has_rpb:
-        index = _flat_bias_index(H, W, kh, kw, int(dil[0]), int(dil[1]), q.device)
-        drpb = torch.zeros(NH, (2 * kh - 1) * (2 * kw - 1), dtype=torch.float32, device=q.device)
-        drpb.index_add_(1, index, ds.sum(0).view(NH, -1))
-        drpb = drpb.view(rpb.shape).to(rpb.dtype)
+        drpb = _reduce_bias_grad(ds, H, W, NH, (kh, kw), (dh, dw)).to(rpb.dtype).view(rpb.shape)
     else:
         drpb = q.new_empty(0)
     return dq, dk, dv, drpb

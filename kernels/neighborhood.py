@@ -52,7 +52,8 @@ __all__ = ["na1d", "na2d", "window_start", "neighbor_index", "rpb_index", "na_re
 IntOrPair = Union[int, Sequence[int]]
 _MIN_K, _MAX_K = 3, 13
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_TRITON_HEAD_DIMS = (16, 128)
+_TRITON_HEAD_DIMS = (8, 128)  # multiples of 8 (the kernels pad to a power of two >= 16)
+_MAX_GRID_Y = 65535           # batch * heads is the kernels' second grid axis
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,8 +156,10 @@ def _triton_unsupported(q: Tensor) -> Optional[str]:
     if q.dtype not in _TRITON_DTYPES:
         return f"dtype {q.dtype} is not one of float32/float16/bfloat16"
     lo, hi = _TRITON_HEAD_DIMS
-    if not lo <= q.shape[-1] <= hi:
-        return f"head_dim {q.shape[-1]} is outside [{lo}, {hi}]"
+    if not lo <= q.shape[-1] <= hi or q.shape[-1] % 8:
+        return f"head_dim {q.shape[-1]} is not a multiple of 8 in [{lo}, {hi}]"
+    if q.shape[0] * q.shape[-2] > _MAX_GRID_Y:
+        return f"batch * heads = {q.shape[0] * q.shape[-2]} exceeds {_MAX_GRID_Y}"
     return None
 
 

@@ -1,0 +1,186 @@
+"""Tiled tensor-core backward of 2-D neighborhood attention; deterministic, no atomics.
+
+* ``_na_bwd_preprocess``: ``delta = rowsum(dO * O)`` in fp32, O and dO read once.
+* ``_na_bwd_dkdv_kernel``: one program per ``TH x TW`` key tile of one dilation group (the
+  forward's grid). Its queries are the inverse region ``[lo(first key), hi(last key)]`` per axis
+  (``_na_common_triton``); per chunk of them it recomputes ``P^T = exp2(K Q^T c + b - lse)`` from
+  the saved logsumexp and accumulates ``dV += P^T dO`` and ``dK += dS^T Q`` with ``tl.dot``.
+  Every dK/dV row is written by exactly one program.
+* ``_na_bwd_dq_kernel``: the forward's loop with ``dP = dO V^T``, ``dS = P (dP - delta)`` and
+  ``dQ += dS K``. With a bias it also stores the in-window ``dS`` compactly as
+  ``[B, H, W, heads, kh*kw]`` (each entry written once); the launcher reduces that to
+  ``d(rpb)`` with fixed one-hot matmuls, so the bias gradient is deterministic as well.
+
+P and dS are cast to the input dtype before the second GEMM (FA2 practice); fp32 inputs use the
+``PREC`` dot precision (``"ieee"`` by default).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._na_common_triton import LOG2E, bias_tile, mma, inv_hi, inv_lo, tile_of_program, win_start
+
+
+@triton.jit
+def _na_bwd_preprocess(O, DO, DELTA, ROWS, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                       BLOCK_R: tl.constexpr):
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    d = tl.arange(0, BLOCK_D)
+    mask = (r < ROWS)[:, None] & (d < HEAD_DIM)[None, :]
+    off = r[:, None] * HEAD_DIM + d[None, :]
+    o = tl.load(O + off, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + off, mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + r, tl.sum(o * do, 1), mask=r < ROWS)
+
+
+@triton.jit
+def _na_bwd_dkdv_kernel(
+    Q, K, V, RPB, DO, LSE, DELTA, DK, DV,
+    sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
+    H, W, NH, DH, DW, NTH, NTW, qk_scale, scale,
+    KH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, RPC: tl.constexpr,
+    CW: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    gh, gw, th, tw, nh, nw = tile_of_program(tl.program_id(0), H, W, DH, DW, NTH, NTW)
+    if (th * TH >= nh) | (tw * TW >= nw):
+        return
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // NH).to(tl.int64)
+    h = pid_bh % NH
+
+    # key tile (group coordinates kr_, kc_)
+    m = tl.arange(0, TH * TW)
+    kci = th * TH + m // TW
+    kcj = tw * TW + m % TW
+    kmask = (kci < nh) & (kcj < nw)
+    ki = gh + kci * DH
+    kj = gw + kcj * DW
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < HEAD_DIM
+    m2 = kmask[:, None] & dmask[None, :]
+    kt = tl.load(K + b * skb + h * skn + (ki * skh + kj * skw)[:, None] + d[None, :], mask=m2,
+                 other=0.0)
+    vt = tl.load(V + b * svb + h * svn + (ki * svh + kj * svw)[:, None] + d[None, :], mask=m2,
+                 other=0.0)
+
+    # query region: inverse neighbourhood of the tile
+    r0 = inv_lo(th * TH, KH)
+    r1 = inv_hi(tl.minimum(th * TH + TH, nh) - 1, nh, KH) + 1
+    c0 = inv_lo(tw * TW, KW)
+    c1 = inv_hi(tl.minimum(tw * TW + TW, nw) - 1, nw, KW) + 1
+
+    n = tl.arange(0, RPC * CW)
+    nr = n // CW
+    nc = n % CW
+    q_base = Q + b * sqb + h * sqn
+    dk = tl.zeros([TH * TW, BLOCK_D], tl.float32)
+    dv = tl.zeros([TH * TW, BLOCK_D], tl.float32)
+    for rr in range(r0, r1, RPC):
+        qr = rr + nr
+        sqr = win_start(qr, nh, KH)
+        for cc in range(c0, c1, CW):
+            qc = cc + nc
+            sqc = win_start(qc, nw, KW)
+            qmask = (qr < r1) & (qc < c1)
+            qi = gh + qr * DH
+            qj = gw + qc * DW
+            q2 = qmask[:, None] & dmask[None, :]
+            qt = tl.load(q_base + (qi * sqh + qj * sqw)[:, None] + d[None, :], mask=q2, other=0.0)
+            tok = ((b * H + qi) * W + qj) * NH + h
+            dot_ = tl.load(DO + tok[:, None] * HEAD_DIM + d[None, :], mask=q2, other=0.0)
+            lse2 = tl.load(LSE + tok, mask=qmask, other=0.0) * LOG2E
+            delta = tl.load(DELTA + tok, mask=qmask, other=0.0)
+            st = mma(kt, tl.trans(qt), PREC, UPCAST) * qk_scale      # [keys, queries]
+            if HAS_RPB:
+                st += bias_tile(RPB, h, kci[:, None] - qr[None, :], kcj[:, None] - qc[None, :],
+                                KH, KW)
+            inwin = ((kci[:, None] >= sqr[None, :]) & (kci[:, None] < sqr[None, :] + KH)
+                     & (kcj[:, None] >= sqc[None, :]) & (kcj[:, None] < sqc[None, :] + KW)
+                     & qmask[None, :] & kmask[:, None])
+            pt = tl.where(inwin, tl.exp2(st - lse2[None, :]), 0.0)
+            dv += mma(pt.to(dot_.dtype), dot_, PREC, UPCAST)
+            dpt = mma(vt, tl.trans(dot_), PREC, UPCAST)
+            dst = pt * (dpt - delta[None, :])
+            dk += mma(dst.to(qt.dtype), qt, PREC, UPCAST)
+
+    tok = ((b * H + ki) * W + kj) * NH + h
+    out = tok[:, None] * HEAD_DIM + d[None, :]
+    tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=m2)
+    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _na_bwd_dq_kernel(
+    Q, K, V, RPB, DO, LSE, DELTA, DQ, DS,
+    sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
+    H, W, NH, DH, DW, NTH, NTW, qk_scale, scale,
+    KH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, RPC: tl.constexpr,
+    CW: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    gh, gw, th, tw, nh, nw = tile_of_program(tl.program_id(0), H, W, DH, DW, NTH, NTW)
+    if (th * TH >= nh) | (tw * TW >= nw):
+        return
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // NH).to(tl.int64)
+    h = pid_bh % NH
+
+    m = tl.arange(0, TH * TW)
+    ci = th * TH + m // TW
+    cj = tw * TW + m % TW
+    qmask = (ci < nh) & (cj < nw)
+    si = win_start(ci, nh, KH)
+    sj = win_start(cj, nw, KW)
+    qi = gh + ci * DH
+    qj = gw + cj * DW
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < HEAD_DIM
+    q2 = qmask[:, None] & dmask[None, :]
+    qt = tl.load(Q + b * sqb + h * sqn + (qi * sqh + qj * sqw)[:, None] + d[None, :], mask=q2,
+                 other=0.0)
+    tok = ((b * H + qi) * W + qj) * NH + h
+    dot_ = tl.load(DO + tok[:, None] * HEAD_DIM + d[None, :], mask=q2, other=0.0)
+    lse2 = tl.load(LSE + tok, mask=qmask, other=0.0) * LOG2E
+    delta = tl.load(DELTA + tok, mask=qmask, other=0.0)
+
+    r0 = win_start(th * TH, nh, KH)
+    r1 = win_start(tl.minimum(th * TH + TH, nh) - 1, nh, KH) + KH
+    c0 = win_start(tw * TW, nw, KW)
+    c1 = win_start(tl.minimum(tw * TW + TW, nw) - 1, nw, KW) + KW
+
+    n = tl.arange(0, RPC * CW)
+    nr = n // CW
+    nc = n % CW
+    k_base = K + b * skb + h * skn
+    v_base = V + b * svb + h * svn
+    ds_base = DS + tok * (KH * KW)
+    dq = tl.zeros([TH * TW, BLOCK_D], tl.float32)
+    for rr in range(r0, r1, RPC):
+        kr = rr + nr
+        for cc in range(c0, c1, CW):
+            kc = cc + nc
+            kmask = (kr < r1) & (kc < c1)
+            kv_mask = kmask[:, None] & dmask[None, :]
+            koff = (gh + kr * DH) * skh + (gw + kc * DW) * skw
+            kt = tl.load(k_base + koff[:, None] + d[None, :], mask=kv_mask, other=0.0)
+            voff = (gh + kr * DH) * svh + (gw + kc * DW) * svw
+            vt = tl.load(v_base + voff[:, None] + d[None, :], mask=kv_mask, other=0.0)
+            s = mma(qt, tl.trans(kt), PREC, UPCAST) * qk_scale
+            if HAS_RPB:
+                s += bias_tile(RPB, h, kr[None, :] - ci[:, None], kc[None, :] - cj[:, None],
+                               KH, KW)
+            inwin = ((kr[None, :] >= si[:, None]) & (kr[None, :] < si[:, None] + KH)
+                     & (kc[None, :] >= sj[:, None]) & (kc[None, :] < sj[:, None] + KW)
+                     & kmask[None, :] & qmask[:, None])
+            p = tl.where(inwin, tl.exp2(s - lse2[:, None]), 0.0)
+            dp = mma(dot_, tl.trans(vt), PREC, UPCAST)
+            ds = p * (dp - delta[:, None])
+            dq += mma(ds.to(kt.dtype), kt, PREC, UPCAST)
+            if HAS_RPB:
+                slot = (kr[None, :] - si[:, None]) * KW + (kc[None, :] - sj[:, None])
+                tl.store(ds_base[:, None] + slot, ds, mask=inwin)
+
+    tl.store(DQ + tok[:, None] * HEAD_DIM + d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=q2)

@@ -1,0 +1,76 @@
+"""Index helpers shared by the tiled neighborhood-attention kernels (forward and backward).
+
+The rules are those of ``neighborhood.py``'s module doc, per axis and in group coordinates:
+group ``g``, length ``n = ceil((L - g) / d)``, window start ``s(c) = clamp(c - k//2, 0, n - k)``.
+Because ``s`` is monotone and 1-Lipschitz, the union of the windows of a run of queries
+``[c0, c1]`` is ``[s(c0), s(c1) + k)``, and the queries whose windows hold a run of keys
+``[c0, c1]`` are ``[lo(c0), hi(c1)]`` (the inverse neighbourhood). That is what makes a 2-D tile
+of one dilation group work on a small rectangular region read by pointer arithmetic.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)  # constexpr: a jit function may read it
+
+
+@triton.jit
+def win_start(c, n, K: tl.constexpr):
+    """Window start ``clamp(c - K//2, 0, n - K)`` of group coordinate(s) ``c``."""
+    return tl.minimum(tl.maximum(c - K // 2, 0), n - K)
+
+
+@triton.jit
+def inv_lo(c, K: tl.constexpr):
+    """First query whose window holds key ``c`` (0 when ``c <= K - 1``, else ``c - K//2``)."""
+    return tl.where(c <= K - 1, 0, c - K // 2)
+
+
+@triton.jit
+def inv_hi(c, n, K: tl.constexpr):
+    """Last query whose window holds key ``c`` (``n-1`` when ``c >= n - K``, else ``c + K//2``)."""
+    return tl.where(c >= n - K, n - 1, c + K // 2)
+
+
+@triton.jit
+def tile_of_program(pid, H, W, DH, DW, NTH, NTW):
+    """``program_id(0)`` -> (row group, col group, tile row, tile col, group rows, group cols).
+
+    Tiles are fastest-varying so neighbouring tiles (which share halo keys) run together.
+    """
+    tw = pid % NTW
+    t = pid // NTW
+    th = t % NTH
+    t = t // NTH
+    gw = t % DW
+    gh = t // DW
+    nh = (H - gh + DH - 1) // DH
+    nw = (W - gw + DW - 1) // DW
+    return gh, gw, th, tw, nh, nw
+
+
+@triton.jit
+def bias_tile(RPB, h, dr, dc, KH: tl.constexpr, KW: tl.constexpr):
+    """Bias (already x log2e, fp32) of key-minus-query offsets ``dr, dc`` (group coordinates).
+
+    The index is clamped into the table so the load needs no mask (the window mask removes the
+    pairs outside the neighbourhood, whose clamped values are meaningless).
+    """
+    u = tl.minimum(tl.maximum(dr + (KH - 1), 0), 2 * KH - 2)
+    w = tl.minimum(tl.maximum(dc + (KW - 1), 0), 2 * KW - 2)
+    return tl.load(RPB + h * ((2 * KH - 1) * (2 * KW - 1)) + u * (2 * KW - 1) + w)
+
+
+@triton.jit
+def mma(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """``tl.dot(a, b)`` with fp32 accumulation.
+
+    ``UPCAST`` is set only under ``TRITON_INTERPRET=1`` for bf16 inputs: Triton 3.8's interpreter
+    computes bf16 dots wrongly, so they run on the (already bf16-rounded) values in fp32 there.
+    """
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PREC)
