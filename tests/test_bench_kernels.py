@@ -1,9 +1,10 @@
-"""tools/bench_kernels.py --model-step: the FlexAttention swap of a DiNAT model, checked on CPU.
+"""tools/bench_kernels.py on CPU: the per-op plugin driver, and the --model-step FlexAttention swap.
 
-FlexAttention runs forward-only on CPU (eager), so the swap is checked end to end at the logits;
-its training path on CPU goes through `flex_dense_emulation` (the same mask/score mods, dense),
-whose outputs and gradients are checked against na2d's reference here. The op-level benchmark's
-own tests live in tests/test_kernels_neighborhood.py.
+Op level: modules in tools/kernel_bench/ are discovered, run, their rows normalised and written
+to JSON + markdown; a missing module is skipped, a raising one is an error row and exit 1.
+Model level: FlexAttention runs forward-only on CPU (eager), so the swap is checked end to end at
+the logits; its training path on CPU goes through `flex_dense_emulation` (the same mask/score
+mods, dense), whose outputs and gradients are checked against na2d's reference here.
 """
 from __future__ import annotations
 
@@ -142,8 +143,96 @@ def test_model_step_rejects_unknown_variant(bench, tmp_path):
                     "--out-dir", str(tmp_path)])
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
-def test_model_step_without_gpu_says_so(bench, tmp_path, capsys):
-    assert bench.main(["--model-step", "--out-dir", str(tmp_path / "none")]) == 0
-    assert "no GPU" in capsys.readouterr().out
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
+@pytest.mark.parametrize("extra", [[], ["--model-step"]])
+def test_cuda_without_gpu_fails_with_one_line(bench, tmp_path, capsys, extra):
+    assert bench.main([*extra, "--out-dir", str(tmp_path / "none")]) == bench.NO_GPU_EXIT != 0
+    captured = capsys.readouterr()
+    assert "no GPU" in captured.err and len(captured.err.strip().splitlines()) == 1
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
+def test_cuda_without_gpu_exit_code_from_the_shell(tmp_path):
+    """`make bench` must not look green without a GPU: the script's process exit is non-zero."""
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_kernels.py"), "--out-dir",
+                          str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "no GPU" in res.stderr and "Traceback" not in res.stderr
+
+
+# ---- op level: the tools/kernel_bench/ plugin contract ------------------------------------------
+def test_neighborhood_op_is_discovered(bench):
+    kb = bench.kernel_bench
+    assert "neighborhood" in kb.available_ops() and "_timing" not in kb.available_ops()
+    assert kb.select("all") == kb.available_ops()
+    assert kb.select("neighborhood, window") == ["neighborhood", "window"]
+    mod = kb.load("neighborhood")
+    assert mod.OP == "neighborhood" and callable(mod.run)
+    assert kb.load("no_such_op") is None
+
+
+def test_ops_cpu_smoke(bench, tmp_path):
+    assert bench.main(["--allow-cpu", "--quick", "--ops", "neighborhood",
+                       "--out-dir", str(tmp_path)]) == 0
+    (js,), (md,) = list(tmp_path.glob("kernels_cpu_*.json")), list(tmp_path.glob("*.md"))
+    data = json.loads(js.read_text())
+    assert data["device"] == "cpu" and data["torch"] == torch.__version__ and data["command"]
+    assert data["ops"] == ["neighborhood"] and data["dtype"] == "float32"
+    rows = data["rows"]
+    assert {r["impl"] for r in rows} == {"reference", "sdpa"}  # no compiler on CPU
+    assert {r["dilation"] for r in rows} == {1, 2}
+    for r in rows:
+        assert set(bench.kernel_bench.REQUIRED_KEYS) <= set(r) and r["op"] == "neighborhood"
+        assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["peak_mem_mb"] is None
+    text = md.read_text()
+    assert "## neighborhood" in text and "| reference |" in text
+
+
+class _FakeOp:
+    OP = "fake"
+
+    def __init__(self, rows=None, exc=None):
+        self.rows, self.exc, self.calls = rows, exc, []
+
+    def run(self, device, dtype, quick):
+        self.calls.append((device, dtype, quick))
+        if self.exc:
+            raise self.exc
+        return self.rows
+
+
+def test_plugins_rows_are_normalised_and_missing_ops_skipped(bench, tmp_path, monkeypatch, capsys):
+    good = _FakeOp(rows=[dict(case="c1", impl="mine", fwd_ms=1.0, fwd_bwd_ms=2.0,
+                              ratio_vs="other", speedup=1.5)])
+    mods = {"good": good}
+    monkeypatch.setattr(bench.kernel_bench, "load", lambda name: mods.get(name))
+    rows, ran, skipped = bench.run_ops(["good", "window"], "cpu", torch.float32, True,
+                                       impls=["x"])  # options run() does not accept are dropped
+    assert good.calls == [("cpu", torch.float32, True)]
+    assert ran == ["good"] and skipped == ["window"]
+    assert "skipped op 'window'" in capsys.readouterr().out
+    (row,) = rows
+    assert row["op"] == "fake" and row["peak_mem_mb"] is None and row["speedup"] == 1.5
+    text = bench.ops_markdown(dict(device_name="cpu", date="d", torch="t", triton="tr",
+                                   timm="ti", python="p", command="c", dtype="float32"), rows)
+    assert "| c1 | mine | 1.000 | 2.000 | - | 1.50x vs other |" in text
+
+
+def test_a_raising_op_is_an_error_row_and_exit_1(bench, tmp_path, monkeypatch):
+    mods = {"bad": _FakeOp(exc=RuntimeError("boom")),
+            "good": _FakeOp(rows=[dict(case="c", impl="i", fwd_ms=1.0, fwd_bwd_ms=None,
+                                       peak_mem_mb=None)])}
+    monkeypatch.setattr(bench.kernel_bench, "load", lambda name: mods.get(name))
+    assert bench.main(["--device", "cpu", "--ops", "bad,good", "--out-dir", str(tmp_path)]) == 1
+    (js,) = list(tmp_path.glob("*.json"))
+    rows = json.loads(js.read_text())["rows"]
+    assert [r["op"] for r in rows] == ["fake", "fake"]
+    assert "RuntimeError: boom" in rows[0]["error"] and "error" not in rows[1]
+    assert "Errors:" in next(tmp_path.glob("*.md")).read_text()
+
+
+def test_plugin_returning_a_non_list_is_rejected(bench):
+    with pytest.raises(TypeError, match="list of dicts"):
+        bench.kernel_bench.normalise({"case": "x"}, "fake")

@@ -1,15 +1,17 @@
 #!/usr/bin/env python
-"""Time 2-D neighborhood attention (vitzoo.kernels.na2d) at NAT/DiNAT shapes.
+"""Kernel benchmarks: every op in tools/kernel_bench/, and a DiNAT training step vs FlexAttention.
 
-Compares, side by side in one run: the vitzoo Triton kernels, the vitzoo PyTorch reference,
-dense SDPA over the same tokens (all-to-all, i.e. what NA avoids), and FlexAttention with a
-block mask implementing the same clamped/dilated neighbourhood (rpb added in score_mod), under
-torch.compile. Forward and forward+backward, bf16 by default. Writes JSON + a markdown table to
-benchmarks/results/.
+Op level (default): each module of ``tools/kernel_bench/`` (one per op: ``neighborhood``,
+``window``, ``routing``, ...) times its impls side by side in one run and returns rows
+``{op, case, impl, fwd_ms, fwd_bwd_ms, peak_mem_mb[, ratio_vs, speedup]}``; this script runs
+the ops asked for (``--ops all`` = every module present; a named op whose module is missing is
+skipped with a note) and writes all rows to ``benchmarks/results/kernels_<device>_<stamp>.json``
+and ``.md``. bf16 by default on CUDA; without a GPU, ``--device cuda`` exits non-zero with one
+line (``--allow-cpu`` or ``--device cpu``: tiny fp32 plumbing run, reference paths only).
 
-    python tools/bench_kernels.py --device cuda            # full NAT-tiny sweep, batch 128
-    python tools/bench_kernels.py --device cuda --quick    # batch 64, fewer reps
-    python tools/bench_kernels.py --allow-cpu --quick      # no GPU: tiny reference/SDPA sanity run
+    python tools/bench_kernels.py --device cuda                      # all ops, full sizes
+    python tools/bench_kernels.py --device cuda --quick --ops neighborhood
+    python tools/bench_kernels.py --allow-cpu --quick                # no GPU: plumbing only
 
 Model level (``--model-step``): one full training step (zero_grad, forward, cross-entropy,
 backward, AdamW step; bf16 autocast) of ``vitzoo_dinat_tiny`` at 224, batch 128 (quick: 32),
@@ -46,182 +48,97 @@ import datetime as dt
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "tools"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
-from vitzoo.kernels import na2d  # noqa: E402
+import kernel_bench  # noqa: E402
+from kernel_bench._timing import time_ms as _time_ms  # noqa: E402
+from kernel_bench.neighborhood import neighbourhood_mods as _neighbourhood_mods  # noqa: E402
 
-# NAT-tiny: embed 64, heads (2, 4, 8, 16), head_dim 32, kernel 7, maps at 224px input.
-NAT_STAGES = [(56, 2), (28, 4), (14, 8), (7, 16)]
-DILATIONS = [1, 2, 4, 8]
-KERNEL = 7
-HEAD_DIM = 32
-
-
-def _time_ms(fn: Callable[[], object], device: str, reps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        return statistics.median(times)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+NO_GPU_EXIT = 2
 
 
-def _with_env(mode: str, fn: Callable[[], object]) -> Callable[[], object]:
-    def run():
-        old = os.environ.get("VITZOO_KERNELS")
-        os.environ["VITZOO_KERNELS"] = mode
+def _versions() -> Dict[str, str]:
+    out = {"torch": torch.__version__, "python": platform.python_version()}
+    for name in ("triton", "timm"):
         try:
-            return fn()
-        finally:
-            if old is None:
-                os.environ.pop("VITZOO_KERNELS", None)
-            else:
-                os.environ["VITZOO_KERNELS"] = old
-    return run
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = "not installed"
+    return out
 
 
-def _neighbourhood_mods(H: int, W: int, k: int, dil: int, rpb: torch.Tensor):
-    """mask_mod / score_mod for FlexAttention with the NATTEN 0.17 clamped, dilated windows."""
-    r = k // 2
-
-    def axis(i, L):
-        g = i % dil
-        c = i // dil
-        n = (L - g + dil - 1) // dil
-        s = torch.clamp(torch.clamp(c - r, min=0), max=n - k)
-        return g, c, s
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        qi, qj, ki, kj = q_idx // W, q_idx % W, kv_idx // W, kv_idx % W
-        gi, _, si = axis(qi, H)
-        gj, _, sj = axis(qj, W)
-        in_i = (ki % dil == gi) & (ki // dil >= si) & (ki // dil < si + k)
-        in_j = (kj % dil == gj) & (kj // dil >= sj) & (kj // dil < sj + k)
-        return in_i & in_j
-
-    def score_mod(score, b, h, q_idx, kv_idx):
-        qi, qj, ki, kj = q_idx // W, q_idx % W, kv_idx // W, kv_idx % W
-        bi = torch.clamp(ki // dil - qi // dil + k - 1, 0, 2 * k - 2)
-        bj = torch.clamp(kj // dil - qj // dil + k - 1, 0, 2 * k - 2)
-        return score + rpb[h, bi, bj]
-
-    return mask_mod, score_mod
-
-
-def bench_config(B: int, hw: int, heads: int, dil: int, dtype: torch.dtype, device: str,
-                 backends: List[str], reps: int, warmup: int) -> Dict[str, object]:
-    C = heads * HEAD_DIM
-    N = hw * hw
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    q, k, v = (torch.randn(B, hw, hw, heads, HEAD_DIM, generator=gen).to(device, dtype)
-               .requires_grad_() for _ in range(3))
-    rpb = torch.randn(heads, 2 * KERNEL - 1, 2 * KERNEL - 1, generator=gen).to(device)
-    rpb.requires_grad_()
-    grad = torch.randn_like(q)
-    row: Dict[str, object] = dict(batch=B, map=hw, heads=heads, channels=C, head_dim=HEAD_DIM,
-                                  kernel=KERNEL, dilation=dil,
-                                  dtype=str(dtype).replace("torch.", ""))
-
-    def na_call():
-        return na2d(q, k, v, KERNEL, dil, rpb=rpb)
-
-    fns: Dict[str, Callable[[], torch.Tensor]] = {}
-    if "reference" in backends:
-        fns["reference"] = _with_env("reference", na_call)
-    if "triton" in backends:
-        fns["triton"] = _with_env("triton", na_call)
-    if "sdpa" in backends:
-        def sdpa():
-            qh, kh, vh = (x.reshape(B, N, heads, HEAD_DIM).transpose(1, 2) for x in (q, k, v))
-            return F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2)
-        fns["sdpa"] = sdpa
-    if "flex" in backends:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-        mask_mod, score_mod = _neighbourhood_mods(hw, hw, KERNEL, dil, rpb)
-        block_mask = create_block_mask(mask_mod, None, None, N, N, device=device)
-        flex = torch.compile(flex_attention, dynamic=False)
-
-        def flex_call():
-            qh, kh, vh = (x.reshape(B, N, heads, HEAD_DIM).transpose(1, 2) for x in (q, k, v))
-            out = flex(qh, kh, vh, score_mod=score_mod, block_mask=block_mask,
-                       scale=HEAD_DIM ** -0.5)
-            return out.transpose(1, 2)
-        fns["flex"] = flex_call
-
-    for name, fn in fns.items():
+def run_ops(names: List[str], device: str, dtype: torch.dtype, quick: bool,
+            **options: Any) -> tuple:
+    """Run each op module; returns (rows, ran, skipped). An op that raises gives an error row."""
+    rows: List[Dict[str, Any]] = []
+    ran, skipped = [], []
+    for name in names:
         try:
-            with torch.no_grad():
-                row[f"{name}_fwd_ms"] = round(_time_ms(fn, device, reps, warmup), 4)
+            module = kernel_bench.load(name)
+        except Exception as exc:  # noqa: BLE001 - a broken module is reported, not fatal
+            rows.append(kernel_bench.error_row(name, exc))
+            ran.append(name)
+            continue
+        if module is None:
+            print(f"bench_kernels: skipped op '{name}': no tools/kernel_bench/{name}.py",
+                  flush=True)
+            skipped.append(name)
+            continue
+        ran.append(name)
+        try:
+            op_rows = kernel_bench.call_run(module, device, dtype, quick, **options)
+        except Exception as exc:  # noqa: BLE001
+            op_rows = [kernel_bench.error_row(getattr(module, "OP", name), exc)]
+        for r in op_rows:
+            print(json.dumps(r), flush=True)
+        rows += op_rows
+    return rows, ran, skipped
 
-            def fwd_bwd(fn=fn):
-                out = fn()
-                out.backward(grad.reshape(out.shape))
-            row[f"{name}_fwdbwd_ms"] = round(_time_ms(fwd_bwd, device, reps, warmup), 4)
-        except Exception as exc:  # noqa: BLE001 - a failing backend is reported, not fatal
-            row[f"{name}_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-        for t in (q, k, v, rpb):
-            t.grad = None
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    return row
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
-def _markdown(meta: Dict[str, object], rows: List[Dict[str, object]], backends: List[str]) -> str:
-    lines = [f"# NA2D kernel benchmark ({meta['device_name']})", "",
-             f"- date: {meta['date']}", f"- torch {meta['torch']}, triton {meta['triton']}, "
-             f"python {meta['python']}", f"- command: `{meta['command']}`",
-             "- times are medians in ms; SDPA is dense all-to-all attention on the same tokens; "
-             "flex = FlexAttention with the neighbourhood block mask + rpb score_mod "
-             "(torch.compile); SDPA/flex include the heads-last <-> heads-first transposes.", ""]
-    head = ["map", "heads", "C", "dil", "batch"]
-    for b in backends:
-        head += [f"{b} fwd", f"{b} fwd+bwd"]
-    if "triton" in backends and "flex" in backends:
-        head += ["flex/triton fwd", "flex/triton fwd+bwd"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [str(r[x]) for x in ("map", "heads", "channels", "dilation", "batch")]
-        for b in backends:
-            for kind in ("fwd", "fwdbwd"):
-                val = r.get(f"{b}_{kind}_ms")
-                cells.append(f"{val:.3f}" if isinstance(val, float) else "err")
-        if "triton" in backends and "flex" in backends:
-            for kind in ("fwd", "fwdbwd"):
-                a, t = r.get(f"flex_{kind}_ms"), r.get(f"triton_{kind}_ms")
-                cells.append(f"{a / t:.2f}x" if isinstance(a, float) and isinstance(t, float)
-                             and t > 0 else "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    errors = [f"- map {r['map']} dil {r['dilation']}: {k}: {v}" for r in rows for k, v in r.items()
-              if k.endswith("_error")]
+def ops_markdown(meta: Dict[str, Any], rows: List[Dict[str, Any]]) -> str:
+    """One table per op (case, impl, fwd, fwd+bwd, peak MiB, speedup) and the errors."""
+    lines = [f"# Kernel benchmark ({meta['device_name']})", "",
+             f"- date: {meta['date']}",
+             f"- torch {meta['torch']}, triton {meta['triton']}, timm {meta['timm']}, "
+             f"python {meta['python']}",
+             f"- command: `{meta['command']}`",
+             f"- dtype {meta['dtype']}; times are medians in ms; peak MiB = CUDA memory allocated "
+             "during one fwd+bwd (inputs included); speedup = the `vs` impl's fwd+bwd ms / this "
+             "row's (> 1: faster).", ""]
+    if meta.get("skipped_ops"):
+        lines += [f"- skipped (no module): {', '.join(meta['skipped_ops'])}", ""]
+    for op in dict.fromkeys(r["op"] for r in rows):
+        lines += [f"## {op}", "", "| case | impl | fwd ms | fwd+bwd ms | peak MiB | speedup |",
+                  "|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["op"] != op:
+                continue
+            up = (f"{r['speedup']:.2f}x vs {r.get('ratio_vs')}"
+                  if isinstance(r.get("speedup"), (int, float)) else "-")
+            lines.append(f"| {r['case']} | {r['impl']} | {_fmt(r['fwd_ms'])} | "
+                         f"{_fmt(r['fwd_bwd_ms'])} | {_fmt(r['peak_mem_mb'], '.1f')} | {up} |")
+        lines.append("")
+    errors = [f"- {r['op']} {r['case']} {r['impl']}: {r['error']}" for r in rows if r.get("error")]
     if errors:
-        lines += ["", "Errors:"] + errors
-    return "\n".join(lines) + "\n"
+        lines += ["Errors:"] + errors
+    return "\n".join(lines).rstrip() + "\n"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -599,13 +516,16 @@ def run_model_step(args: argparse.Namespace, device: str, meta: Dict[str, object
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    p.add_argument("--quick", action="store_true", help="smaller batch, fewer reps")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, fewer reps")
     p.add_argument("--allow-cpu", action="store_true",
-                   help="without a GPU, run a tiny reference/SDPA sanity timing on CPU")
+                   help="without a GPU, run a tiny CPU plumbing run instead of failing")
+    p.add_argument("--ops", default="all",
+                   help=f"comma list of ops, or 'all' (present: {', '.join(kernel_bench.available_ops())})")
     p.add_argument("--batch", type=int, default=None,
-                   help="batch (op level: 128, quick 64; --model-step: 128, quick 32, CPU 2)")
+                   help="batch (ops: each op's default; --model-step: 128, quick 32, CPU 2)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--backends", default="triton,reference,sdpa,flex")
+    p.add_argument("--backends", default=None,
+                   help="impls for the neighborhood op (triton,reference,sdpa,flex)")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     m = p.add_argument_group("model level (--model-step)")
     m.add_argument("--model-step", action="store_true",
@@ -625,61 +545,41 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
 
     device = args.device
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    stages = NAT_STAGES
     if device == "cuda" and not torch.cuda.is_available():
         if not args.allow_cpu:
-            print("bench_kernels: no GPU available (torch.cuda.is_available() is False); "
-                  "nothing to time. Use --allow-cpu for a tiny CPU sanity run.")
-            return 0
+            print("bench_kernels: --device cuda but no GPU available (torch.cuda.is_available() "
+                  "is False); use --device cpu or --allow-cpu for a CPU plumbing run",
+                  file=sys.stderr)
+            return NO_GPU_EXIT
         device = "cpu"
-    if device == "cpu":
-        # CPU sanity mode: tiny shapes, fp32, the backends that run here without a compiler.
-        backends = [b for b in backends if b in ("reference", "sdpa")]
-        dtype, batch = torch.float32, args.batch or 2
-        stages = [(14, 2), (7, 4)] if args.quick else [(28, 2), (14, 4), (7, 8)]
-        reps, warmup = (2, 1) if args.quick else (5, 2)
-    else:
-        dtype = getattr(torch, args.dtype)
-        batch = args.batch or (64 if args.quick else 128)
-        reps, warmup = (10, 3) if args.quick else (30, 5)
-
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "not installed"
-    meta = dict(device=device,
-                device_name=torch.cuda.get_device_name() if device == "cuda"
-                else (platform.processor() or platform.machine()) + " (CPU)",
-                date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                torch=torch.__version__, triton=triton_version, python=platform.python_version(),
-                command=" ".join([Path(sys.argv[0]).name] + (argv if argv is not None
-                                                             else sys.argv[1:])),
-                backends=backends, kernel=KERNEL, head_dim=HEAD_DIM)
+    dtype = torch.float32 if device == "cpu" else getattr(torch, args.dtype)
+    meta: Dict[str, Any] = dict(
+        device=device,
+        device_name=torch.cuda.get_device_name() if device == "cuda"
+        else (platform.processor() or platform.machine()) + " (CPU)",
+        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **_versions(),
+        command=" ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])))
     if args.model_step:
-        for key in ("backends", "kernel", "head_dim"):  # op-level fields
-            meta.pop(key)
         return run_model_step(args, device, meta)
-    rows = []
-    for hw, heads in stages:
-        for dil in DILATIONS:
-            if KERNEL * dil > hw:
-                continue
-            if args.quick and dil not in (1, 2) and device == "cpu":
-                continue
-            row = bench_config(batch, hw, heads, dil, dtype, device, backends, reps, warmup)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
 
+    names = kernel_bench.select(args.ops)
+    backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
+    rows, ran, skipped = run_ops(names, device, dtype, args.quick, impls=backends,
+                                 batch=args.batch)
+    meta.update(mode="ops", dtype=str(dtype).replace("torch.", ""), quick=args.quick, ops=ran,
+                skipped_ops=skipped)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    stem = f"na2d_{device}_{stamp}"
+    stem = f"kernels_{device}_{stamp}"
     (out_dir / f"{stem}.json").write_text(json.dumps(dict(meta, rows=rows), indent=2))
-    (out_dir / f"{stem}.md").write_text(_markdown(meta, rows, backends))
+    (out_dir / f"{stem}.md").write_text(ops_markdown(meta, rows))
     print(f"wrote {out_dir / stem}.json and .md")
-    return 0
+    if not ran:
+        print(f"bench_kernels: no op module found for --ops {args.ops}", file=sys.stderr)
+        return 1
+    return 1 if any(r.get("error") for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,58 @@
+"""Timing helpers shared by the op modules (CUDA events on a GPU, perf_counter on CPU)."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+
+def time_ms(fn: Callable[[], object], device: str, reps: int, warmup: int) -> float:
+    """Median milliseconds of ``fn()`` over ``reps`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device == "cuda":
+        torch.cuda.synchronize()
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def peak_mem_mb(fn: Callable[[], object], device: str) -> Optional[float]:
+    """Peak CUDA memory allocated (MiB) during one ``fn()``, inputs included; None off CUDA."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+
+
+def measure(fwd: Callable[[], object], fwd_bwd: Callable[[], object], device: str, reps: int,
+            warmup: int) -> Dict[str, Any]:
+    """``fwd_ms`` (under no_grad), ``fwd_bwd_ms`` and ``peak_mem_mb`` (of fwd+bwd) of one impl."""
+    with torch.no_grad():
+        fwd_ms = time_ms(fwd, device, reps, warmup)
+    fwd_bwd_ms = time_ms(fwd_bwd, device, reps, warmup)
+    return dict(fwd_ms=round(fwd_ms, 4), fwd_bwd_ms=round(fwd_bwd_ms, 4),
+                peak_mem_mb=peak_mem_mb(fwd_bwd, device))
+
+
+def speedup(baseline_ms: Optional[float], ms: Optional[float]) -> Optional[float]:
+    """``baseline_ms / ms`` rounded (> 1: faster than the baseline), None if either is missing."""
+    if isinstance(baseline_ms, (int, float)) and isinstance(ms, (int, float)) and ms > 0:
+        return round(baseline_ms / ms, 3)
+    return None
