@@ -23,6 +23,7 @@ SPATIAL_MODELS = [
     "vitzoo_efficientvit_m0",
     "vitzoo_shvit_s1",
     "vitzoo_spectformer_h_s",
+    "vitzoo_biformer_tiny",
 ]
 #: token models: timm puts its own vit_*/deit*/crossvit_* under its "non-standard" checks
 TOKEN_MODELS = [
