@@ -1,0 +1,246 @@
+"""Routed attention op (vitzoo.kernels.routed_attention): reference, Triton, custom op."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vitzoo.kernels import (fvcore_handles, routed_attention, routed_attention_flops,
+                            routed_reference)
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+IS_CHILD = os.environ.get("VITZOO_ROUTING_TEST_CHILD") == "1"
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs and the oracle: dense attention over the whole map with a region mask
+# ----------------------------------------------------------------------------------------------
+def _routing(B: int, n_win: int, topk: int, seed: int = 0) -> torch.Tensor:
+    """A routing index as BiFormer makes it: topk of a region-affinity matrix (distinct)."""
+    g = torch.Generator().manual_seed(seed)
+    R = n_win * n_win
+    return torch.randn(B, R, R, generator=g).topk(topk, dim=-1).indices
+
+
+def _inputs(B, H, W, nh, dqk, dv=None, dtype=torch.float64, seed=0, grad=True):
+    g = torch.Generator().manual_seed(seed)
+    dv = dqk if dv is None else dv
+    q = torch.randn(B, H, W, nh, dqk, generator=g, dtype=dtype)
+    k = torch.randn(B, H, W, nh, dqk, generator=g, dtype=dtype)
+    v = torch.randn(B, H, W, nh, dv, generator=g, dtype=dtype)
+    return tuple(t.requires_grad_(grad) for t in (q, k, v))
+
+
+def dense_routed(q, k, v, r_idx, n_win, scale):
+    """Full N x N attention, key masked unless its region is routed from the query's region."""
+    B, H, W, nh, _ = q.shape
+    rows = torch.arange(H).view(H, 1) // (H // n_win)
+    cols = torch.arange(W).view(1, W) // (W // n_win)
+    region = (rows * n_win + cols).reshape(-1)                         # [N]
+    R = n_win * n_win
+    routed = torch.zeros(B, R, R, dtype=torch.bool)
+    routed.scatter_(2, r_idx, True)
+    allowed = routed[:, region][:, :, region]                          # [B, Nq, Nk]
+    qf, kf, vf = (t.reshape(B, H * W, nh, -1) for t in (q, k, v))
+    logits = torch.einsum("bqhd,bkhd->bhqk", qf, kf) * scale
+    logits = logits.masked_fill(~allowed[:, None], float("-inf"))
+    out = torch.einsum("bhqk,bkhd->bqhd", logits.softmax(-1), vf)
+    return out.reshape(B, H, W, nh, -1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference vs the dense oracle (values and every gradient), and the op vs the reference
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("B,H,W,n_win,topk,nh,dqk,dv", [
+    (2, 6, 6, 3, 2, 2, 8, 8),       # 4 tokens per region
+    (1, 8, 4, 2, 1, 1, 4, 6),       # rectangular regions, dv != dqk, topk 1
+    (2, 4, 6, 2, 4, 3, 5, 5),       # topk = all regions (full attention)
+    (1, 9, 6, 3, 3, 2, 8, 4),       # 3x2 regions
+])
+def test_reference_matches_dense(B, H, W, n_win, topk, nh, dqk, dv):
+    q, k, v = _inputs(B, H, W, nh, dqk, dv)
+    r_idx = _routing(B, n_win, topk, seed=H * W)
+    out = routed_reference(q, k, v, r_idx, n_win, 0.3)
+    want = dense_routed(q, k, v, r_idx, n_win, 0.3)
+    assert out.shape == (B, H, W, nh, dv)
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    go = torch.randn_like(out)
+    got = torch.autograd.grad(out, (q, k, v), go)
+    exp = torch.autograd.grad(want, (q, k, v), go)
+    for name, a, b in zip("qkv", got, exp):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=lambda m: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("B,H,W,n_win,topk,nh,dqk,dv", [
+    (2, 6, 6, 3, 2, 2, 8, 8), (1, 8, 4, 2, 1, 1, 4, 6), (3, 4, 4, 2, 3, 2, 4, 4)])
+def test_op_analytic_backward_matches_reference_autograd(B, H, W, n_win, topk, nh, dqk, dv):
+    q, k, v = _inputs(B, H, W, nh, dqk, dv, seed=1)
+    r_idx = _routing(B, n_win, topk, seed=5)
+    out = routed_attention(q, k, v, r_idx, n_win, 0.45)
+    want = routed_reference(q, k, v, r_idx, n_win, 0.45)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    go = torch.randn_like(out)
+    for name, a, b in zip("qkv", torch.autograd.grad(out, (q, k, v), go),
+                          torch.autograd.grad(want, (q, k, v), go)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"d{name}: {m}")
+
+
+def test_reference_chunks_batches(monkeypatch):
+    """A tiny chunk budget splits the batch; results and gradients do not change."""
+    import vitzoo.kernels.routing as routing
+
+    q, k, v = _inputs(3, 4, 4, 2, 4, seed=2)
+    r_idx = _routing(3, 2, 2, seed=3)
+    want = routed_attention(q, k, v, r_idx, 2, 0.5)
+    gw = torch.autograd.grad(want.sum(), (q, k, v))
+    monkeypatch.setattr(routing, "_CHUNK_ELEMENTS", 1)
+    assert routing._chunk(q, v, 2, 2) == 1
+    out = routed_attention(q, k, v, r_idx, 2, 0.5)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(out.sum(), (q, k, v)), gw):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_reference_strided_views_int32_index_and_half():
+    qkv = torch.randn(2, 6, 6, 3, 2, 8)
+    q, k, v = qkv.unbind(3)  # strided views, as a qkv Linear gives them
+    r_idx = _routing(2, 3, 2)
+    out = routed_attention(q, k, v, r_idx, 3, 0.25)
+    want = dense_routed(q.double(), k.double(), v.double(), r_idx, 3, 0.25)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(routed_attention(q, k, v, r_idx.int(), 3, 0.25), out)
+    out_bf16 = routed_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), r_idx, 3, 0.25)
+    assert out_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(out_bf16.double(), want, rtol=3e-2, atol=3e-2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+def test_validation_errors():
+    q = torch.randn(1, 6, 6, 2, 16)
+    r = _routing(1, 3, 2)
+    with pytest.raises(ValueError, match="5-D heads-last"):
+        routed_attention(q[0], q[0], q[0], r, 3, 0.1)
+    with pytest.raises(ValueError, match=r"map 6x6 is not divisible by n_win=4"):
+        routed_attention(q, q, q, _routing(1, 4, 2), 4, 0.1)
+    with pytest.raises(ValueError, match=r"map 7x6 is not divisible by n_win=3"):
+        q7 = torch.randn(1, 7, 6, 2, 16)
+        routed_attention(q7, q7, q7, r, 3, 0.1)
+    with pytest.raises(ValueError, match="q and k must have the same shape"):
+        routed_attention(q, q[..., :8], q, r, 3, 0.1)
+    with pytest.raises(ValueError, match="v must be"):
+        routed_attention(q, q, q[:, :, :, :1], r, 3, 0.1)
+    with pytest.raises(TypeError, match="share a dtype"):
+        routed_attention(q, q, q.double(), r, 3, 0.1)
+    with pytest.raises(TypeError, match="r_idx must be int64"):
+        routed_attention(q, q, q, r.float(), 3, 0.1)
+    with pytest.raises(ValueError, match=r"r_idx must be \[B, n_win\*n_win, topk\] = \[1, 9"):
+        routed_attention(q, q, q, r[:, :4], 3, 0.1)
+    with pytest.raises(ValueError, match=r"topk must be in \[1, 9\]"):
+        routed_attention(q, q, q, torch.zeros(1, 9, 10, dtype=torch.long), 3, 0.1)
+    with pytest.raises(ValueError, match=r"indices in \[0, 9\), got values in \[5, 13\]"):
+        routed_attention(q, q, q, r + 5, 3, 0.1)
+    with pytest.raises(ValueError, match="n_win must be a positive int"):
+        routed_attention(q, q, q, r, 0, 0.1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The custom op: opcheck, FLOP counters, torch.compile, meta tensors
+# ----------------------------------------------------------------------------------------------
+def test_opcheck(monkeypatch):
+    monkeypatch.setenv("VITZOO_KERNELS", "reference")
+    q, k, v = _inputs(2, 4, 6, 2, 8, 4, dtype=torch.float32)
+    r_idx = _routing(2, 2, 3)
+    torch.library.opcheck(torch.ops.vitzoo.routed_attention.default, (q, k, v, r_idx, 2, 0.3))
+    qkv = torch.randn(1, 6, 6, 3, 2, 8, requires_grad=True)
+    torch.library.opcheck(torch.ops.vitzoo.routed_attention.default,
+                          (*qkv.unbind(3), _routing(1, 3, 1), 3, 0.3))
+
+
+def test_flop_counter_mode_counts_routed_attention():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    q, k, v = _inputs(2, 6, 6, 2, 8, 4, dtype=torch.float32)
+    r_idx = _routing(2, 3, 2)
+    with FlopCounterMode(display=False) as counter:
+        routed_attention(q, k, v, r_idx, 3, 0.3).sum().backward()
+    counts = counter.get_flop_counts()["Global"]
+    fwd = 2 * (2 * 6 * 6) * 2 * (2 * 4) * (8 + 4)  # 2 * tokens * heads * keys * (dqk + dv)
+    assert routed_attention_flops(q.shape, v.shape, 2, 3) == fwd
+    assert counts[torch.ops.vitzoo.routed_attention] == fwd
+    assert counts[torch.ops.vitzoo.routed_attention_backward] == 2 * fwd
+
+
+def test_fvcore_handle_counts_macs():
+    fvcore = pytest.importorskip("fvcore.nn")
+
+    class Mixer(torch.nn.Module):
+        def forward(self, x, r_idx):
+            q = x.view(x.shape[0], x.shape[1], x.shape[2], 2, 16)
+            return routed_attention(q, q, q, r_idx, 3, 0.25)
+
+    handles = fvcore_handles()
+    assert "vitzoo::routed_attention" in handles
+    x, r_idx = torch.randn(1, 6, 9, 32), _routing(1, 3, 4)
+    analysis = fvcore.FlopCountAnalysis(Mixer(), (x, r_idx)).set_op_handle(**handles)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    macs = 6 * 9 * 2 * (4 * 2 * 3) * (16 + 16)  # tokens * heads * keys * (dqk + dv)
+    assert analysis.total() == macs
+    assert "vitzoo::routed_attention" not in analysis.unsupported_ops()
+
+
+def test_torch_compile_fullgraph(monkeypatch):
+    # aot_eager: dynamo + AOTAutograd (no graph break allowed) without the slow CPU inductor
+    # compile; routing (region means, affinity, topk) is traced in the same graph.
+    monkeypatch.setenv("VITZOO_KERNELS", "reference")
+    torch._dynamo.reset()
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = torch.nn.Linear(32, 96)
+
+        def forward(self, x):
+            B, H, W, C = x.shape
+            q, k, v = self.qkv(x).view(B, H, W, 3, 2, 16).unbind(3)
+            qr = q.reshape(B, 3, H // 3, 3, W // 3, C).mean((2, 4)).reshape(B, 9, C)
+            kr = k.reshape(B, 3, H // 3, 3, W // 3, C).mean((2, 4)).reshape(B, 9, C)
+            r_idx = (qr @ kr.transpose(1, 2)).topk(2, dim=-1).indices.detach()
+            return routed_attention(q, k, v, r_idx, 3, C ** -0.5).reshape(B, H, W, C)
+
+    block = Block()
+    x = torch.randn(2, 6, 6, 32)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.sum().backward()
+    g_compiled = block.qkv.weight.grad.clone()
+    block.qkv.weight.grad = None
+    ref = block(x)
+    ref.sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(g_compiled, block.qkv.weight.grad)
+    torch._dynamo.reset()
+
+
+def test_meta_tensors():
+    q = torch.empty(2, 56, 56, 2, 32, device="meta")
+    v = torch.empty(2, 56, 56, 2, 16, device="meta")
+    r_idx = torch.empty(2, 49, 1, dtype=torch.long, device="meta")
+    out = routed_attention(q, q, v, r_idx, 7, 64 ** -0.5)
+    assert out.device.type == "meta" and out.shape == (2, 56, 56, 2, 16)
+
+
+def test_explicit_triton_raises_on_cpu_without_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("VITZOO_KERNELS", "triton")
+    q = torch.randn(1, 4, 4, 1, 16)
+    with pytest.raises(RuntimeError, match="routed_attention cannot run its Triton kernel"):
+        routed_attention(q, q, q, _routing(1, 2, 1), 2, 0.25)
