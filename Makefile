@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tools/bench_kernels.py --device cuda
+
+# The GPU check runs on the machine's own python and packages (torch, triton, timm): no venv, no
+# pip. It skips with one line (exit 0) where there is no CUDA device.
+gpu-check:
+	PYTHONPATH=. python3 tools/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

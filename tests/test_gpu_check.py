@@ -1,0 +1,173 @@
+"""tools/gpu_check.py (``make gpu-check``) on a machine without a GPU.
+
+The skip must be clean (one line, exit 0); the orchestration is checked with a fake part runner,
+the report writer with fake results, and the process-group timeout with a sleeping child.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU skip")
+
+
+@pytest.fixture(scope="module")
+def gc():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "tools" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@NO_CUDA
+def test_skips_with_one_line_without_cuda(tmp_path):
+    res = subprocess.run([sys.executable, "tools/gpu_check.py", "--out-dir", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines() == ["gpu_check: skipped: no CUDA device"]
+    assert not list(tmp_path.iterdir())
+
+
+@NO_CUDA
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_gpu_check_skips_cleanly():
+    """The target uses the system python3 (no venv, no pip): it must skip, torch or not."""
+    res = subprocess.run(["make", "-s", "gpu-check"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "gpu_check: skipped: no CUDA device"
+
+
+def test_module_imports_nothing_outside_the_standard_library(gc):
+    src = (ROOT / "tools" / "gpu_check.py").read_text()
+    top = [ln for ln in src.splitlines() if ln.startswith(("import ", "from "))]
+    assert not [ln for ln in top if any(m in ln for m in ("torch", "fvcore", "timm", "vitzoo"))]
+
+
+def test_run_part_kills_the_process_group_on_timeout(gc):
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', " \
+           "'import time; time.sleep(60)']); print('started', flush=True); time.sleep(60)"
+    part = gc.run_part("sleepy", [sys.executable, "-c", code], timeout=3)
+    assert part["timed_out"] and part["rc"] != 0 and part["seconds"] < 30
+    assert "started" in part["output_tail"] and not gc.part_ok(part)
+    ok = gc.run_part("fine", [sys.executable, "-c", "print('hi')"], timeout=60)
+    assert gc.part_ok(ok) and ok["output_tail"].strip() == "hi"
+
+
+def test_pytest_counts_from_junit_and_from_the_summary_line(gc, tmp_path):
+    xml = tmp_path / "junit.xml"
+    xml.write_text('<testsuites><testsuite name="pytest" tests="7" failures="1" errors="1" '
+                   'skipped="2"></testsuite></testsuites>')
+    assert gc.junit_counts(xml) == dict(passed=3, failed=1, errors=1, skipped=2, total=7)
+    assert gc.junit_counts(tmp_path / "missing.xml") is None
+    out = "....\n=== 4 passed, 1 failed, 2 skipped, 10 deselected in 3.1s ==="
+    assert gc.summary_counts(out) == dict(passed=4, failed=1, errors=0, skipped=2, total=7)
+    assert gc.summary_counts("Traceback ...") is None
+
+
+def test_run_all_orchestrates_parts_and_collects_results(gc, monkeypatch):
+    """A fake part runner: every part 'succeeds' and the benchmarks leave their JSON behind."""
+    calls = []
+
+    def fake_run_part(name, cmd, timeout, env=None):
+        calls.append((name, list(cmd), timeout))
+        assert env["PYTHONPATH"].split(":")[0] == str(ROOT)
+        if "--out-dir" in cmd:
+            out = Path(cmd[cmd.index("--out-dir") + 1])
+            out.mkdir(parents=True)
+            data = ({"rows": [{"variant": "vitzoo", "ms_per_step": 10.0}],
+                     "ratios": {"flex/vitzoo": 1.4}, "model": "vitzoo_dinat_tiny"}
+                    if "--model-step" in cmd else
+                    {"rows": [{"op": cmd[cmd.index("--ops") + 1], "case": "c", "impl": "triton",
+                               "fwd_ms": 1.0, "fwd_bwd_ms": 2.0, "peak_mem_mb": 3.0}]})
+            (out / "x.json").write_text(json.dumps(data))
+        return {"part": name, "command": " ".join(cmd), "rc": 0, "timed_out": False,
+                "seconds": 1.0, "limit_s": timeout, "output_tail": "5 passed in 1s"}
+
+    monkeypatch.setattr(gc, "run_part", fake_run_part)
+    body = gc.run_all(400, {"tests": 100, "ops": 120, "model_step": 100},
+                      ops=["neighborhood", "window"])
+    names = [c[0] for c in calls]
+    assert names == ["tests", "ops:neighborhood", "ops:window", "model_step"]
+    test_cmd = calls[0][1]
+    assert test_cmd[1:3] == ["-m", "pytest"] and "gpu" in test_cmd
+    assert "tests/test_kernels_neighborhood.py" in test_cmd
+    assert calls[0][2] <= 100 and calls[1][2] <= 60 + 1 and calls[3][2] <= 400
+    assert all("--device" in c[1] and "--quick" in c[1] for c in calls[1:3])
+    assert body["tests"]["passed"] == 5  # no junit file: from the summary line
+    assert [r["op"] for r in body["ops_rows"]] == ["neighborhood", "window"]
+    assert body["model_step"]["ratios"] == {"flex/vitzoo": 1.4}
+
+
+def test_out_of_time_parts_are_recorded_not_run(gc, monkeypatch):
+    monkeypatch.setattr(gc, "run_part", lambda *a, **k: pytest.fail("nothing should run"))
+    body = gc.run_all(12, {"tests": 100, "ops": 100, "model_step": 100}, ops=["neighborhood"])
+    assert [(p["part"], p["skipped"]) for p in body["parts"]] == [
+        ("tests", "out of time"), ("ops:neighborhood", "out of time"),
+        ("model_step", "out of time")]
+
+
+def _fake_report():
+    return {
+        "date": "2026-11-30T22:00:00+00:00",
+        "device": {"gpu": "NVIDIA H200", "capability": "sm_90", "torch": "2.9.0",
+                   "triton": "3.5.0", "timm": "1.0.31", "pytest": "8.3", "cuda": "12.8",
+                   "python": "3.12.3"},
+        "command": "tools/gpu_check.py", "budget_s": 480, "total_s": 312.5,
+        "parts": [
+            {"part": "tests", "command": "python -m pytest -m gpu", "rc": 0, "timed_out": False,
+             "seconds": 40.2, "limit_s": 150, "output_tail": ""},
+            {"part": "ops:neighborhood", "command": "bench --ops neighborhood", "rc": 1,
+             "timed_out": False, "seconds": 120.0, "limit_s": 190,
+             "output_tail": "RuntimeError: out of resources"},
+            {"part": "ops:window", "command": "", "rc": None, "timed_out": False,
+             "seconds": 0.0, "skipped": "out of time", "output_tail": ""},
+        ],
+        "tests": {"passed": 12, "failed": 1, "errors": 0, "skipped": 2, "total": 15,
+                  "files": ["tests/test_kernels_neighborhood.py"]},
+        "ops_rows": [
+            {"op": "neighborhood", "case": "map 56 heads 2 dil 1 batch 32", "impl": "triton",
+             "fwd_ms": 0.25, "fwd_bwd_ms": 0.9, "peak_mem_mb": 512.0, "ratio_vs": "flex",
+             "speedup": 1.72},
+            {"op": "neighborhood", "case": "map 56 heads 2 dil 1 batch 32", "impl": "flex",
+             "fwd_ms": 0.4, "fwd_bwd_ms": 1.548, "peak_mem_mb": 600.0},
+        ],
+        "model_step": {"model": "vitzoo_dinat_tiny", "batch": 32, "img_size": 224,
+                       "dtype": "bfloat16", "check_max_abs_diff": 3e-6,
+                       "rows": [{"variant": "vitzoo", "ms_per_step": 80.0, "img_per_s": 400.0},
+                                {"variant": "flex", "ms_per_step": 110.0, "img_per_s": 290.9}],
+                       "ratios": {"flex/vitzoo": 1.375}},
+    }
+
+
+def test_report_writer(gc, tmp_path):
+    report = _fake_report()
+    js, md = gc.write_report(report, tmp_path)
+    assert js.name == "2026-11-30-nvidia-h200.json" and md.name == "2026-11-30-nvidia-h200.md"
+    assert json.loads(js.read_text()) == report
+    text = md.read_text()
+    assert "NVIDIA H200 (sm_90)" in text and "torch 2.9.0, triton 3.5.0, timm 1.0.31" in text
+    assert "`tools/gpu_check.py`" in text
+    assert "12 passed, 1 failed, 0 errors, 2 skipped (of 15)" in text
+    assert "| tests | ok | 40.2 |" in text and "| ops:neighborhood | failed (rc 1) |" in text
+    assert "| ops:window | not run: out of time |" in text
+    assert "| neighborhood | map 56 heads 2 dil 1 batch 32 | triton | 0.250 | 0.900 | 512.0 | " \
+           "1.72x vs flex |" in text
+    assert "| vitzoo | 80.00 | 400.0 |" in text and "flex/vitzoo: 1.38x" in text
+    assert "RuntimeError: out of resources" in text  # failing part's tail is in the report
+
+
+def test_report_without_results_still_renders(gc, tmp_path):
+    report = dict(_fake_report(), tests={"status": "not run: pytest is not installed"},
+                  ops_rows=[], model_step=None)
+    text = gc.render_markdown(report)
+    assert "not run: pytest is not installed" in text and text.count("no rows") == 1
+    assert "no result" in text
