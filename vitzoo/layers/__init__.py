@@ -11,6 +11,7 @@ from .neighborhood_attention import NeighborhoodAttention2D
 from .norms import GroupNorm1NoBias, LayerNorm2dNoBias, LayerNormNoBias
 from .patch_merging import PatchMerging
 from .pooling_mixer import Pooling
+from .routing_attention import AttentionLePE, BiLevelRoutingAttention
 from .sep_conv_mixer import SepConv, StarReLU
 from .spectral_gating import SpectralGating
 from .stage import Stage
@@ -19,7 +20,8 @@ from .vit_block import vit_block
 from .window_attention import ShiftedWindowAttention, window_attention
 
 __all__ = [
-    "Attention", "BNLinear", "ConvBN", "ConvNormDownsample", "ConvStem", "CrossAttention",
+    "Attention", "AttentionLePE", "BiLevelRoutingAttention", "BNLinear", "ConvBN", "ConvNormDownsample",
+    "ConvStem", "CrossAttention",
     "CrossAttentionBlock", "GroupNorm1NoBias", "LayerNorm2dNoBias", "LayerNormNoBias",
     "MetaFormerAttention", "MetaFormerBlock", "MetaFormerHead", "NeighborhoodAttention2D",
     "PatchMerging", "Pooling", "ReorgViTBlock", "Scale", "SepConv", "ShiftedWindowAttention",
