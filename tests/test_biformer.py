@@ -362,3 +362,22 @@ def test_pretrained_true_loads_the_official_url_through_the_filter(monkeypatch):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(m(x), src(x))
+
+
+def test_official_file_loads_through_every_timm_loading_path(tmp_path):
+    """checkpoint_path=, timm's load_checkpoint and load_state_dict accept an official-layout file too."""
+    from timm.models import load_checkpoint
+    src = _randomized(lambda: timm.create_model("vitzoo_biformer_stl"))
+    path = tmp_path / "biformer_stl_official.pth"
+    torch.save({"model": {_to_official(k, True): v for k, v in src.state_dict().items()}}, path)
+    x = torch.randn(1, 3, 64, 64)
+    via_path = timm.create_model("vitzoo_biformer_stl", checkpoint_path=str(path))
+    via_load = timm.create_model("vitzoo_biformer_stl")
+    load_checkpoint(via_load, str(path))
+    via_sd = timm.create_model("vitzoo_biformer_stl")
+    result = via_sd.load_state_dict(torch.load(path, weights_only=True))
+    assert not result.missing_keys and not result.unexpected_keys
+    with torch.no_grad():
+        want = src.eval()(x)
+        for model in (via_path, via_load, via_sd):
+            assert torch.equal(model.eval()(x), want)
