@@ -381,3 +381,12 @@ def test_official_file_loads_through_every_timm_loading_path(tmp_path):
         want = src.eval()(x)
         for model in (via_path, via_load, via_sd):
             assert torch.equal(model.eval()(x), want)
+
+
+def test_mixer_compiles_without_graph_breaks():
+    """Padding, routing (topk) and the routed op trace as one graph (torch.compile fullgraph)."""
+    torch.manual_seed(0)
+    mod = BiLevelRoutingAttention(32, 2, 7, 4)
+    x = torch.randn(1, 10, 12, 32)
+    compiled = torch.compile(mod, backend="eager", fullgraph=True)
+    assert torch.equal(compiled(x), mod(x))
