@@ -244,3 +244,105 @@ def test_explicit_triton_raises_on_cpu_without_interpreter(monkeypatch):
     q = torch.randn(1, 4, 4, 1, 16)
     with pytest.raises(RuntimeError, match="routed_attention cannot run its Triton kernel"):
         routed_attention(q, q, q, _routing(1, 2, 1), 2, 0.25)
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels in the interpreter (CPU), in a child process so TRITON_INTERPRET=1 is set
+# before triton is imported. The same r_idx goes to the kernel and the fp64 reference.
+# ----------------------------------------------------------------------------------------------
+INTERP_CASES = [
+    # (B, H, W, n_win, topk, heads, dqk, dv, dtype)
+    (1, 14, 14, 7, 4, 1, 16, 16, "float32"),    # 4 tokens/region (16-row padding), topk 4
+    (1, 28, 28, 7, 2, 1, 32, 32, "float32"),    # 16 tokens/region, topk 2
+    (1, 14, 14, 7, 4, 1, 32, 32, "bfloat16"),
+    (1, 28, 28, 7, 2, 1, 16, 16, "bfloat16"),
+    (2, 24, 12, 2, 3, 1, 24, 16, "float32"),    # 72 tokens: 2 query blocks, 3 key blocks;
+]                                               # head dims padded (24 -> 32), dv != dqk
+
+
+def _check_triton_case(B, H, W, n_win, topk, nh, dqk, dv, dtype, device, r_idx=None):
+    """Triton (forced through the custom op) vs the fp64 reference in values and gradients."""
+    import vitzoo.kernels._routing_triton as tri
+
+    dtype = getattr(torch, dtype)
+    calls = []
+    fwd, bwd = tri.routed_triton_forward, tri.routed_triton_backward
+    tri.routed_triton_forward = lambda *a: calls.append("f") or fwd(*a)
+    tri.routed_triton_backward = lambda *a: calls.append("b") or bwd(*a)
+    try:
+        base = _inputs(B, H, W, nh, dqk, dv, dtype=torch.float32, seed=H * W + topk, grad=False)
+        r_idx = _routing(B, n_win, topk, seed=H + W) if r_idx is None else r_idx
+        go = torch.randn(B, H, W, nh, dv, generator=torch.Generator().manual_seed(7))
+        scale = (nh * dqk) ** -0.5
+        q, k, v = (t.to(device, dtype).requires_grad_() for t in base)
+        out = routed_attention(q, k, v, r_idx.to(device), n_win, scale)
+        grads = torch.autograd.grad(out, (q, k, v), go.to(device, dtype))
+        assert calls == ["f", "b"], f"Triton path not taken: {calls}"
+        qr, kr, vr = (t.to(dtype).double().requires_grad_() for t in base)
+        want = routed_reference(qr, kr, vr, r_idx, n_win, scale)
+        wgrads = torch.autograd.grad(want, (qr, kr, vr), go.to(dtype).double())
+        tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+        torch.testing.assert_close(out.double().cpu(), want, **tol)
+        for name, a, b in zip(("dq", "dk", "dv"), grads, wgrads):
+            torch.testing.assert_close(a.double().cpu(), b, **tol, msg=lambda m: f"{name}: {m}")
+    finally:
+        tri.routed_triton_forward, tri.routed_triton_backward = fwd, bwd
+
+
+@pytest.mark.skipif(not IS_CHILD, reason="runs inside test_triton_interpreter_matches_reference")
+def test_interp_child_cases():
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    assert os.environ.get("VITZOO_KERNELS") == "triton"
+    for case in INTERP_CASES:
+        _check_triton_case(*case, device="cpu")  # CPU tensors can only run in the interpreter
+        print("ok", case, flush=True)
+    # a region listed twice counts twice (the inverse routing keeps counts, not a bitmap)
+    r_idx = torch.tensor([[[0, 0], [3, 1], [2, 2], [1, 0]]])
+    _check_triton_case(1, 4, 8, 2, 2, 2, 16, 16, "float32", device="cpu", r_idx=r_idx)
+    print("ok duplicates", flush=True)
+    # strided q/k/v views straight from a fused qkv tensor, int32 index
+    qkv = torch.randn(1, 8, 8, 3, 2, 16)
+    r32 = _routing(1, 2, 2).int()
+    torch.testing.assert_close(routed_attention(*qkv.unbind(3), r32, 2, 0.2),
+                               routed_reference(*qkv.unbind(3), r32, 2, 0.2),
+                               rtol=1e-4, atol=1e-4)
+    print("ok strided", flush=True)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+@pytest.mark.skipif(IS_CHILD, reason="parent test")
+def test_triton_interpreter_matches_reference():
+    env = dict(os.environ, TRITON_INTERPRET="1", VITZOO_KERNELS="triton",
+               VITZOO_ROUTING_TEST_CHILD="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+           str(Path(__file__).resolve()), "-k", "test_interp_child_cases"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    log = res.stdout[-4000:] + res.stderr[-2000:]
+    assert res.returncode == 0, log
+    assert "1 passed" in res.stdout, log
+    assert res.stdout.count("ok (") == len(INTERP_CASES), log
+    assert "ok duplicates" in res.stdout and "ok strided" in res.stdout, log
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("case", INTERP_CASES + [
+    (4, 56, 56, 7, 1, 2, 32, 32, "bfloat16"), (4, 28, 28, 7, 4, 4, 32, 32, "bfloat16"),
+    (4, 14, 14, 7, 16, 8, 32, 32, "bfloat16"), (2, 14, 14, 7, 16, 8, 32, 32, "float32")])
+def test_triton_cuda_matches_reference(case, monkeypatch):
+    monkeypatch.setenv("VITZOO_KERNELS", "triton")
+    _check_triton_case(*case, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_triton_cuda_backward_is_deterministic(monkeypatch):
+    monkeypatch.setenv("VITZOO_KERNELS", "triton")
+    q, k, v = (t.cuda().bfloat16().requires_grad_()
+               for t in _inputs(4, 28, 28, 4, 32, dtype=torch.float32, grad=False))
+    r_idx = _routing(4, 7, 4).cuda()
+    out = routed_attention(q, k, v, r_idx, 7, 128 ** -0.5)
+    go = torch.randn_like(out)
+    g1 = torch.autograd.grad(out, (q, k, v), go, retain_graph=True)
+    g2 = torch.autograd.grad(out, (q, k, v), go)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))

@@ -1,0 +1,310 @@
+"""Triton kernels for bi-level routed attention (BiFormer), gathering routed regions in-kernel.
+
+Imported lazily by :mod:`vitzoo.kernels.routing` only when the Triton backend is chosen. Region
+``r`` of the ``n_win x n_win`` grid holds map rows ``(r // n_win) * HR + t // WR`` and columns
+``(r % n_win) * WR + t % WR`` for its tokens ``t = 0 .. HR*WR-1``; key slot ``s`` of a query
+region is token ``s % w2`` of region ``r_idx[b, r, s // w2]`` (the official gather order).
+
+* forward: program = (batch * region, query block, head). Loads the routing row, the region's
+  queries (padded to >= 16 rows), then loops over 64-key blocks of the ``topk * w2`` routed keys,
+  each gathered by pointer arithmetic in one ``[BLOCK_N, d]`` load; ``tl.dot`` with fp32
+  accumulation, online softmax in base 2 with a finite ``m_i`` init. Stores O and the LSE
+  (natural log). No gathered K/V tensor exists.
+* backward: ``delta = rowsum(dO * O)`` kernel; dQ with the same gather, recomputing P from the
+  LSE; dK/dV through the inverse routing: program = (batch * key region j, key block, head)
+  loops over the query regions ``i`` and skips (uniform scalar branch) unless ``i`` routed to
+  ``j``; ``counts[b, i, j]`` (built in torch) also weighs a region listed twice. Every output
+  element is written by one program: deterministic, no atomics.
+
+fp32 inputs use IEEE dots (``IEEE`` constexpr; TF32 would miss the 1e-4 tests); fp16/bf16 cast P
+and dS to the input dtype before the second GEMM. Every dot has M, N, K >= 16.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["routed_triton_forward", "routed_triton_backward"]
+
+_LOG2E = math.log2(math.e)
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr, EMU: tl.constexpr):
+    """``a @ b``, fp32 accumulation. ``EMU`` (set only under ``TRITON_INTERPRET=1`` for 16-bit
+    inputs): Triton 3.8's CPU interpreter gets bf16 dots wrong, so there the already-rounded
+    operands are widened to fp32."""
+    if EMU:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    elif IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _region_pos(region, t, NWIN, HR, WR):
+    """Map row and column of token ``t`` (row-major inside the region) of ``region``."""
+    return (region // NWIN) * HR + t // WR, (region % NWIN) * WR + t % WR
+
+
+@triton.jit
+def _load_rows(base, rows, d, D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``[rows, BLOCK_D]`` tile at ``base + rows[:, None] + d``; rows are always in bounds
+    (clamped by the caller), so only padded head-dim columns are masked."""
+    ptrs = base + rows[:, None] + d[None, :]
+    if D == BLOCK_D:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=(d < D)[None, :], other=0.0)
+
+
+@triton.jit
+def _routed_fwd_kernel(
+    Q, K, V, RIDX, O, LSE,
+    sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
+    NH, NWIN, HR, WR, TOPK, qk_scale,
+    DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, EMU: tl.constexpr,
+):
+    pid_br = tl.program_id(0)
+    R = NWIN * NWIN
+    b = (pid_br // R).to(tl.int64)
+    r = pid_br % R
+    W2 = HR * WR
+    h = tl.program_id(2)
+    t = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    tmask = t < W2
+    qi, qj = _region_pos(r, tl.minimum(t, W2 - 1), NWIN, HR, WR)
+    dqk = tl.arange(0, BLOCK_DQK)
+    dv = tl.arange(0, BLOCK_DV)
+    q = _load_rows(Q + b * sqb + h * sqn, qi * sqh + qj * sqw, dqk, DQK, BLOCK_DQK)
+
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    k_base = K + b * skb + h * skn
+    v_base = V + b * svb + h * svn
+    r_base = RIDX + pid_br.to(tl.int64) * TOPK
+    T = TOPK * W2
+    for n0 in range(0, T, BLOCK_N):
+        s = n0 + tl.arange(0, BLOCK_N)
+        smask = s < T
+        kr = tl.load(r_base + s // W2, mask=smask, other=0)
+        kr = tl.minimum(tl.maximum(kr, 0), R - 1)       # memory safety for a bad index
+        ki, kj = _region_pos(kr, s % W2, NWIN, HR, WR)
+        k = _load_rows(k_base, ki * skh + kj * skw, dqk, DQK, BLOCK_DQK)
+        sc = _dot(q, tl.trans(k), IEEE, EMU) * qk_scale
+        sc = tl.where(smask[None, :], sc, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(sc - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        vv = _load_rows(v_base, ki * svh + kj * svw, dv, DV, BLOCK_DV)
+        acc = acc * alpha[:, None] + _dot(p.to(vv.dtype), vv, IEEE, EMU)
+        m_i = m_new
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    tok = ((b * (NWIN * HR) + qi) * (NWIN * WR) + qj) * NH + h    # [B, H, W, NH] flat index
+    tl.store(O + tok[:, None] * DV + dv[None, :], out.to(O.dtype.element_ty),
+             mask=tmask[:, None] & (dv < DV)[None, :])
+    tl.store(LSE + tok, (m_i + tl.log2(l_safe)) * 0.6931471805599453, mask=tmask)
+
+
+@triton.jit
+def _routed_bwd_delta(O, DO, DELTA, ROWS, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    """``delta[row] = sum_d dO[row, d] * O[row, d]`` (fp32) over contiguous ``[ROWS, DV]``."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    d = tl.arange(0, BLOCK_DV)
+    m = (rows < ROWS)[:, None] & (d < DV)[None, :]
+    o = tl.load(O + rows[:, None] * DV + d[None, :], mask=m, other=0.0).to(tl.float32)
+    do = tl.load(DO + rows[:, None] * DV + d[None, :], mask=m, other=0.0).to(tl.float32)
+    tl.store(DELTA + rows, tl.sum(o * do, axis=1), mask=rows < ROWS)
+
+
+@triton.jit
+def _routed_bwd_dq_kernel(
+    Q, K, V, RIDX, DO, LSE, DELTA, DQ,
+    sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
+    NH, NWIN, HR, WR, TOPK, qk_scale, scale,
+    DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, EMU: tl.constexpr,
+):
+    pid_br = tl.program_id(0)
+    R = NWIN * NWIN
+    b = (pid_br // R).to(tl.int64)
+    r = pid_br % R
+    W2 = HR * WR
+    h = tl.program_id(2)
+    t = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    tmask = t < W2
+    qi, qj = _region_pos(r, tl.minimum(t, W2 - 1), NWIN, HR, WR)
+    dqk = tl.arange(0, BLOCK_DQK)
+    dv = tl.arange(0, BLOCK_DV)
+    q = _load_rows(Q + b * sqb + h * sqn, qi * sqh + qj * sqw, dqk, DQK, BLOCK_DQK)
+    tok = ((b * (NWIN * HR) + qi) * (NWIN * WR) + qj) * NH + h
+    do = _load_rows(DO, tok * DV, dv, DV, BLOCK_DV)
+    lse2 = tl.load(LSE + tok) * 1.4426950408889634
+    delta = tl.load(DELTA + tok)
+
+    dq = tl.zeros([BLOCK_M, BLOCK_DQK], tl.float32)
+    k_base = K + b * skb + h * skn
+    v_base = V + b * svb + h * svn
+    r_base = RIDX + pid_br.to(tl.int64) * TOPK
+    T = TOPK * W2
+    for n0 in range(0, T, BLOCK_N):
+        s = n0 + tl.arange(0, BLOCK_N)
+        smask = s < T
+        kr = tl.load(r_base + s // W2, mask=smask, other=0)
+        kr = tl.minimum(tl.maximum(kr, 0), R - 1)
+        ki, kj = _region_pos(kr, s % W2, NWIN, HR, WR)
+        k = _load_rows(k_base, ki * skh + kj * skw, dqk, DQK, BLOCK_DQK)
+        vv = _load_rows(v_base, ki * svh + kj * svw, dv, DV, BLOCK_DV)
+        sc = _dot(q, tl.trans(k), IEEE, EMU) * qk_scale
+        p = tl.where(smask[None, :], tl.exp2(sc - lse2[:, None]), 0.0)
+        dp = _dot(do, tl.trans(vv), IEEE, EMU)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, IEEE, EMU)
+    tl.store(DQ + tok[:, None] * DQK + dqk[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=tmask[:, None] & (dqk < DQK)[None, :])
+
+
+@triton.jit
+def _routed_bwd_dkdv_kernel(
+    Q, K, V, COUNTS, DO, LSE, DELTA, DK, DV_OUT,
+    sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
+    NH, NWIN, HR, WR, qk_scale, scale,
+    DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, EMU: tl.constexpr,
+):
+    pid_bj = tl.program_id(0)
+    R = NWIN * NWIN
+    b = (pid_bj // R).to(tl.int64)
+    j = pid_bj % R
+    W2 = HR * WR
+    h = tl.program_id(2)
+    t = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    tmask = t < W2
+    ki, kj = _region_pos(j, tl.minimum(t, W2 - 1), NWIN, HR, WR)
+    dqk = tl.arange(0, BLOCK_DQK)
+    dv = tl.arange(0, BLOCK_DV)
+    k = _load_rows(K + b * skb + h * skn, ki * skh + kj * skw, dqk, DQK, BLOCK_DQK)
+    vv = _load_rows(V + b * svb + h * svn, ki * svh + kj * svw, dv, DV, BLOCK_DV)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
+    dvacc = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    q_base = Q + b * sqb + h * sqn
+    c_base = COUNTS + b * R * R + j
+    row0 = b * (NWIN * HR)
+    for i in range(0, R):
+        c = tl.load(c_base + i * R)            # how often query region i lists key region j
+        if c > 0:
+            for m0 in range(0, W2, BLOCK_M):
+                tq = m0 + tl.arange(0, BLOCK_M)
+                qmask = tq < W2
+                qi, qj = _region_pos(i, tl.minimum(tq, W2 - 1), NWIN, HR, WR)
+                q = _load_rows(q_base, qi * sqh + qj * sqw, dqk, DQK, BLOCK_DQK)
+                tok = ((row0 + qi) * (NWIN * WR) + qj) * NH + h
+                do = _load_rows(DO, tok * DV, dv, DV, BLOCK_DV)
+                lse2 = tl.load(LSE + tok) * 1.4426950408889634
+                delta = tl.load(DELTA + tok)
+                st = _dot(k, tl.trans(q), IEEE, EMU) * qk_scale                      # [N, M]
+                pt = tl.where(qmask[None, :], tl.exp2(st - lse2[None, :]), 0.0)
+                pt = pt * c.to(tl.float32)
+                dvacc += _dot(pt.to(do.dtype), do, IEEE, EMU)
+                dpt = _dot(vv, tl.trans(do), IEEE, EMU)
+                dst = pt * (dpt - delta[None, :])
+                dk += _dot(dst.to(q.dtype), q, IEEE, EMU)
+    tok = ((b * (NWIN * HR) + ki) * (NWIN * WR) + kj) * NH + h
+    tl.store(DK + tok[:, None] * DQK + dqk[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=tmask[:, None] & (dqk < DQK)[None, :])
+    tl.store(DV_OUT + tok[:, None] * DV + dv[None, :], dvacc.to(DV_OUT.dtype.element_ty),
+             mask=tmask[:, None] & (dv < DV)[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+def _interpreted() -> bool:
+    return type(_routed_fwd_kernel).__name__ == "InterpretedFunction"
+
+
+def _pow2(n: int, lo: int = 16, hi: int = 64) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(max(1, n))))
+
+
+def _last_dim_contiguous(x: Tensor) -> Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _geometry(q: Tensor, v: Tensor, r_idx: Tensor, n_win: int):
+    B, H, W, nh, dqk = q.shape
+    hr, wr = H // n_win, W // n_win
+    w2 = hr * wr
+    topk = r_idx.shape[-1]
+    return dict(B=B, nh=nh, dqk=dqk, dv=v.shape[-1], hr=hr, wr=wr, w2=w2, topk=topk,
+                R=n_win * n_win, BLOCK_M=_pow2(w2), BLOCK_N=_pow2(topk * w2),
+                BLOCK_DQK=_pow2(dqk, 16, 128), BLOCK_DV=_pow2(v.shape[-1], 16, 128),
+                IEEE=q.dtype == torch.float32,
+                EMU=q.dtype != torch.float32 and _interpreted())
+
+
+def _strides(q: Tensor, k: Tensor, v: Tensor):
+    return (*q.stride()[:4], *k.stride()[:4], *v.stride()[:4])
+
+
+def routed_triton_forward(q: Tensor, k: Tensor, v: Tensor, r_idx: Tensor, n_win: int,
+                          scale: float) -> Tuple[Tensor, Tensor]:
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    g = _geometry(q, v, r_idx, n_win)
+    out = q.new_empty(*q.shape[:-1], g["dv"])
+    lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+    if out.numel() == 0:
+        return out, lse
+    ridx = r_idx.to(torch.int32).contiguous()
+    grid = (g["B"] * g["R"], triton.cdiv(g["w2"], g["BLOCK_M"]), g["nh"])
+    _routed_fwd_kernel[grid](
+        q, k, v, ridx, out, lse, *_strides(q, k, v),
+        g["nh"], n_win, g["hr"], g["wr"], g["topk"], scale * _LOG2E,
+        DQK=g["dqk"], DV=g["dv"], BLOCK_DQK=g["BLOCK_DQK"], BLOCK_DV=g["BLOCK_DV"],
+        BLOCK_M=g["BLOCK_M"], BLOCK_N=g["BLOCK_N"], IEEE=g["IEEE"], EMU=g["EMU"], num_warps=4,
+        num_stages=2)
+    return out, lse
+
+
+def routed_triton_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, r_idx: Tensor,
+                           out: Tensor, lse: Tensor, n_win: int,
+                           scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
+    g = _geometry(q, v, r_idx, n_win)
+    dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
+    if dq.numel() == 0:
+        return dq, dk, dv
+    rows = lse.numel()
+    delta = torch.empty_like(lse)
+    _routed_bwd_delta[(triton.cdiv(rows, 64),)](out, grad_out, delta, rows, DV=g["dv"],
+                                                BLOCK_DV=g["BLOCK_DV"], BLOCK=64, num_warps=4)
+    ridx = r_idx.to(torch.int32).contiguous()
+    # counts[b, i, j]: how many of query region i's routed slots point at key region j
+    regions = torch.arange(g["R"], device=r_idx.device, dtype=torch.int32)
+    counts = (ridx.unsqueeze(-1) == regions).sum(2, dtype=torch.int32).contiguous()
+    meta = dict(DQK=g["dqk"], DV=g["dv"], BLOCK_DQK=g["BLOCK_DQK"], BLOCK_DV=g["BLOCK_DV"],
+                IEEE=g["IEEE"], EMU=g["EMU"], num_warps=4, num_stages=2)
+    geo = (g["nh"], n_win, g["hr"], g["wr"])
+    grid = (g["B"] * g["R"], triton.cdiv(g["w2"], g["BLOCK_M"]), g["nh"])
+    _routed_bwd_dq_kernel[grid](
+        q, k, v, ridx, grad_out, lse, delta, dq, *_strides(q, k, v), *geo, g["topk"],
+        scale * _LOG2E, scale, BLOCK_M=g["BLOCK_M"], BLOCK_N=g["BLOCK_N"], **meta)
+    blk = g["BLOCK_M"]  # key tile of a region and query block of the routed regions: both w2
+    grid = (g["B"] * g["R"], triton.cdiv(g["w2"], blk), g["nh"])
+    _routed_bwd_dkdv_kernel[grid](
+        q, k, v, counts, grad_out, lse, delta, dk, dv, *_strides(q, k, v), *geo,
+        scale * _LOG2E, scale, BLOCK_M=blk, BLOCK_N=blk, **meta)
+    return dq, dk, dv
