@@ -39,8 +39,8 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _tokens(w, t, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW):
-    """Window ``w``, token ids ``t`` -> (flat source position in [B, HP, WP] (int64), valid, region)."""
-    b = w // NWIN
+    """Window ``w``, token ids ``t`` -> (source position ``row * WP + col`` inside the image
+    (int32), valid, shift-mask region)."""
     r = w % NWIN
     wi = r // NWW
     wj = r % NWW
@@ -50,12 +50,17 @@ def _tokens(w, t, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW):
     j = wj * WW + tc % WW
     si = tl.where(i < H, (i + SH) % H, i)
     sj = tl.where(j < W, (j + SW) % W, j)
-    pos = (b.to(tl.int64) * HP + si) * WP + sj
     # region in the rolled-padded map: 0 before the last window, 1 in its first part, 2 in its
     # last `shift` rows/cols (shift 0: `i >= HP` never holds, so no third region)
     rid = ((i >= HP - WH).to(tl.int32) + (i >= HP - SH).to(tl.int32)) * 3 \
         + (j >= WP - WW).to(tl.int32) + (j >= WP - SW).to(tl.int32)
-    return pos, valid, rid
+    return si * WP + sj, valid, rid
+
+
+@triton.jit
+def _image(w, NWIN, HP, WP, NH):
+    """int64 offset, in tokens x heads, of window ``w``'s image (offsets inside it fit int32)."""
+    return (w // NWIN).to(tl.int64) * HP * WP * NH
 
 
 @triton.jit
@@ -88,13 +93,15 @@ def _win_fwd_kernel(
     h = tl.program_id(1)
     w = pid // NB
     NP: tl.constexpr = NB * BLOCK
-    TOK: tl.constexpr = 3 * HEAD_DIM  # per head; token stride is NH * TOK
     t = tl.arange(0, BLOCK)
     d = tl.arange(0, BLOCK_D)
     dmask = (d < HEAD_DIM)[None, :]
+    img = _image(w, NWIN, HP, WP, NH)
+    qkv_img = QKV + img * 3 * HEAD_DIM
     bq = (pid % NB) * BLOCK + t
     pos_q, valid_q, rq = _tokens(w, bq, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW)
-    q = tl.load(QKV + (pos_q * NH * TOK + h * HEAD_DIM)[:, None] + d[None, :], mask=dmask, other=0.0)
+    q = tl.load(qkv_img + (pos_q * 3 * NH * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :], mask=dmask,
+                other=0.0)
     m_i = tl.full([BLOCK], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, BLOCK_D], tl.float32)
@@ -102,9 +109,9 @@ def _win_fwd_kernel(
     for kb in range(NB):
         bk = kb * BLOCK + t
         pos_k, valid_k, rk = _tokens(w, bk, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW)
-        kp = QKV + (pos_k * NH * TOK + h * HEAD_DIM + NH * HEAD_DIM)[:, None] + d[None, :]
-        k = tl.load(kp, mask=dmask, other=0.0)
-        v = tl.load(kp + NH * HEAD_DIM, mask=dmask, other=0.0)
+        koff = (pos_k * 3 * NH * HEAD_DIM + (NH + h) * HEAD_DIM)[:, None] + d[None, :]
+        k = tl.load(qkv_img + koff, mask=dmask, other=0.0)
+        v = tl.load(qkv_img + koff + NH * HEAD_DIM, mask=dmask, other=0.0)
         s = _scores(q, k, bias_rows + bk[None, :], rq, rk, qk_scale, SHIFTED, PREC, EMU)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -114,22 +121,24 @@ def _win_fwd_kernel(
         m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
-    o_ptr = O + ((pos_q * NH + h) * HEAD_DIM)[:, None] + d[None, :]
+    o_ptr = O + img * HEAD_DIM + ((pos_q * NH + h) * HEAD_DIM)[:, None] + d[None, :]
     tl.store(o_ptr, out.to(O.dtype.element_ty), mask=valid_q[:, None] & dmask)
-    tl.store(LSE + pos_q * NH + h, (m_i + tl.log2(l_safe)) * 0.6931471805599453, mask=valid_q)
+    tl.store(LSE + img + pos_q * NH + h, (m_i + tl.log2(l_safe)) * 0.6931471805599453,
+             mask=valid_q)
 
 
 @triton.jit
-def _load_rows(QKV, O, DO, LSE, pos, valid, h, d, dmask, NH, HEAD_DIM: tl.constexpr):
+def _load_rows(qkv_img, o_img, do_img, lse_img, pos, valid, h, d, dmask, NH,
+               HEAD_DIM: tl.constexpr):
     """q, dO (zero on padded rows), delta = rowsum(dO * O) and the base-2 logsumexp of query rows."""
-    q = tl.load(QKV + (pos * NH * 3 * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :],
-                mask=dmask, other=0.0)
+    q = tl.load(qkv_img + (pos * 3 * NH * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :], mask=dmask,
+                other=0.0)
     o_off = ((pos * NH + h) * HEAD_DIM)[:, None] + d[None, :]
     rmask = valid[:, None] & dmask
-    do = tl.load(DO + o_off, mask=rmask, other=0.0)
-    o = tl.load(O + o_off, mask=rmask, other=0.0)
+    do = tl.load(do_img + o_off, mask=rmask, other=0.0)
+    o = tl.load(o_img + o_off, mask=rmask, other=0.0)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
-    lse2 = tl.load(LSE + pos * NH + h) * 1.4426950408889634
+    lse2 = tl.load(lse_img + pos * NH + h) * 1.4426950408889634
     return q, do, delta, lse2
 
 
@@ -140,37 +149,40 @@ def _win_bwd_one_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
     SHIFTED: tl.constexpr, PREC: tl.constexpr, EMU: tl.constexpr,
 ):
-    """Whole window in one block: P, dP, dS once; dq, dk, dv stored; d(bias) kept in registers."""
+    """Whole window in one block: P, dP, dS once; dq, dk, dv stored. d(bias) is added to this
+    program's own slice of ``DB`` (an fp32 register accumulator costs ~50 registers and spills
+    on sm_80; the slice stays in L1/L2)."""
     slot = tl.program_id(0)
     h = tl.program_id(1)
     t = tl.arange(0, BLOCK)
     d = tl.arange(0, BLOCK_D)
     dmask = (d < HEAD_DIM)[None, :]
-    bias = tl.load(BIAS + h * BLOCK * BLOCK + t[:, None] * BLOCK + t[None, :])
-    dbias = tl.zeros([BLOCK, BLOCK], tl.float32)
+    bias_ptr = BIAS + h * BLOCK * BLOCK + t[:, None] * BLOCK + t[None, :]
+    db_ptr = DB + (slot * NH + h) * BLOCK * BLOCK + t[:, None] * BLOCK + t[None, :]
     for w in range(slot, NWTOT, NSLOT):
+        img = _image(w, NWIN, HP, WP, NH)
         pos, valid, rid = _tokens(w, t, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW)
-        q, do, delta, lse2 = _load_rows(QKV, O, DO, LSE, pos, valid, h, d, dmask, NH, HEAD_DIM)
-        kp = QKV + (pos * NH * 3 * HEAD_DIM + h * HEAD_DIM + NH * HEAD_DIM)[:, None] + d[None, :]
-        k = tl.load(kp, mask=dmask, other=0.0)
-        v = tl.load(kp + NH * HEAD_DIM, mask=dmask, other=0.0)
-        s = _mm(q, tl.trans(k), PREC, EMU) * qk_scale + bias
-        if SHIFTED:
-            s = tl.where(rid[:, None] != rid[None, :], s - 144.26950408889634, s)
+        q, do, delta, lse2 = _load_rows(QKV + img * 3 * HEAD_DIM, O + img * HEAD_DIM,
+                                        DO + img * HEAD_DIM, LSE + img, pos, valid, h, d, dmask,
+                                        NH, HEAD_DIM)
+        qoff = (pos * 3 * NH * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :]
+        k = tl.load(QKV + img * 3 * HEAD_DIM + qoff + NH * HEAD_DIM, mask=dmask, other=0.0)
+        v = tl.load(QKV + img * 3 * HEAD_DIM + qoff + 2 * NH * HEAD_DIM, mask=dmask, other=0.0)
+        s = _scores(q, k, bias_ptr, rid, rid, qk_scale, SHIFTED, PREC, EMU)  # bias: L1/L2-resident
         p = tl.exp2(s - lse2[:, None])
         dv = _mm(tl.trans(p.to(do.dtype)), do, PREC, EMU)
         dp = _mm(do, tl.trans(v), PREC, EMU)
         ds = p * (dp - delta[:, None])
-        dbias += ds
+        tl.store(db_ptr, tl.load(db_ptr) + ds)
+        tl.debug_barrier()
         dsc = ds.to(q.dtype)
-        dq = _mm(dsc, k, PREC, EMU) * scale
-        dk = _mm(tl.trans(dsc), q, PREC, EMU) * scale
-        gp = DQKV + (pos * NH * 3 * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :]
         smask = valid[:, None] & dmask
-        tl.store(gp, dq.to(DQKV.dtype.element_ty), mask=smask)
-        tl.store(gp + NH * HEAD_DIM, dk.to(DQKV.dtype.element_ty), mask=smask)
+        gp = DQKV + img * 3 * HEAD_DIM + qoff
         tl.store(gp + 2 * NH * HEAD_DIM, dv.to(DQKV.dtype.element_ty), mask=smask)
-    tl.store(DB + (slot * NH + h) * BLOCK * BLOCK + t[:, None] * BLOCK + t[None, :], dbias)
+        dq = _mm(dsc, k, PREC, EMU) * scale
+        tl.store(gp, dq.to(DQKV.dtype.element_ty), mask=smask)
+        dk = _mm(tl.trans(dsc), q, PREC, EMU) * scale
+        tl.store(gp + NH * HEAD_DIM, dk.to(DQKV.dtype.element_ty), mask=smask)
 
 
 @triton.jit
@@ -194,18 +206,21 @@ def _win_bwd_blocked_kernel(
     bias_h = BIAS + h * NP * NP
     db_h = DB + (slot * NH + h).to(tl.int64) * NP * NP
     for w in range(slot, NWTOT, NSLOT):
+        img = _image(w, NWIN, HP, WP, NH)
+        qkv_img = QKV + img * 3 * HEAD_DIM
         for kb in range(NB):
             bk = kb * BLOCK + t
             pos_k, valid_k, rk = _tokens(w, bk, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW)
-            koff = (pos_k * NH * 3 * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :]
-            k = tl.load(QKV + koff + NH * HEAD_DIM, mask=dmask, other=0.0)
-            v = tl.load(QKV + koff + 2 * NH * HEAD_DIM, mask=dmask, other=0.0)
+            koff = (pos_k * 3 * NH * HEAD_DIM + (NH + h) * HEAD_DIM)[:, None] + d[None, :]
+            k = tl.load(qkv_img + koff, mask=dmask, other=0.0)
+            v = tl.load(qkv_img + koff + NH * HEAD_DIM, mask=dmask, other=0.0)
             dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
             dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
             for qb in range(NB):
                 bq = qb * BLOCK + t
                 pos_q, valid_q, rq = _tokens(w, bq, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW)
-                q, do, delta, lse2 = _load_rows(QKV, O, DO, LSE, pos_q, valid_q, h, d, dmask, NH,
+                q, do, delta, lse2 = _load_rows(qkv_img, O + img * HEAD_DIM, DO + img * HEAD_DIM,
+                                                LSE + img, pos_q, valid_q, h, d, dmask, NH,
                                                 HEAD_DIM)
                 tile = bq[:, None] * NP + bk[None, :]
                 s = _scores(q, k, bias_h + tile, rq, rk, qk_scale, SHIFTED, PREC, EMU)
@@ -217,29 +232,28 @@ def _win_bwd_blocked_kernel(
                 tl.store(db_h + tile, tl.load(db_h + tile) + ds)
                 tl.debug_barrier()
             smask = valid_k[:, None] & dmask
-            tl.store(DQKV + koff + NH * HEAD_DIM, (dk * scale).to(DQKV.dtype.element_ty),
-                     mask=smask)
-            tl.store(DQKV + koff + 2 * NH * HEAD_DIM, dv.to(DQKV.dtype.element_ty), mask=smask)
+            gp = DQKV + img * 3 * HEAD_DIM + koff
+            tl.store(gp, (dk * scale).to(DQKV.dtype.element_ty), mask=smask)
+            tl.store(gp + NH * HEAD_DIM, dv.to(DQKV.dtype.element_ty), mask=smask)
         for qb in range(NB):
             bq = qb * BLOCK + t
             pos_q, valid_q, rq = _tokens(w, bq, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW)
-            q, do, delta, lse2 = _load_rows(QKV, O, DO, LSE, pos_q, valid_q, h, d, dmask, NH,
-                                            HEAD_DIM)
+            q, do, delta, lse2 = _load_rows(qkv_img, O + img * HEAD_DIM, DO + img * HEAD_DIM,
+                                            LSE + img, pos_q, valid_q, h, d, dmask, NH, HEAD_DIM)
             dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
             for kb in range(NB):
                 bk = kb * BLOCK + t
                 pos_k, valid_k, rk = _tokens(w, bk, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW)
-                kp = QKV + (pos_k * NH * 3 * HEAD_DIM + h * HEAD_DIM + NH * HEAD_DIM)[:, None] \
-                    + d[None, :]
-                k = tl.load(kp, mask=dmask, other=0.0)
-                v = tl.load(kp + NH * HEAD_DIM, mask=dmask, other=0.0)
+                koff = (pos_k * 3 * NH * HEAD_DIM + (NH + h) * HEAD_DIM)[:, None] + d[None, :]
+                k = tl.load(qkv_img + koff, mask=dmask, other=0.0)
+                v = tl.load(qkv_img + koff + NH * HEAD_DIM, mask=dmask, other=0.0)
                 s = _scores(q, k, bias_h + bq[:, None] * NP + bk[None, :], rq, rk, qk_scale,
                             SHIFTED, PREC, EMU)
                 p = tl.exp2(s - lse2[:, None])
                 dp = _mm(do, tl.trans(v), PREC, EMU)
                 ds = p * (dp - delta[:, None])
                 dq += _mm(ds.to(q.dtype), k, PREC, EMU)
-            gp = DQKV + (pos_q * NH * 3 * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :]
+            gp = DQKV + img * 3 * HEAD_DIM + (pos_q * 3 * NH * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :]
             tl.store(gp, (dq * scale).to(DQKV.dtype.element_ty), mask=valid_q[:, None] & dmask)
 
 
@@ -290,9 +304,9 @@ def _padded_bias(bias: Optional[Tensor], heads: int, tokens: int, np_: int, devi
 def _prec(dtype: torch.dtype) -> dict:
     """fp32 inputs: IEEE dots (tl.dot defaults to TF32 on sm_80+). bf16 under the interpreter:
     emulated dots (see ``_mm``)."""
-    from ._dispatch import triton_interpreting
+    interpreted = type(_win_fwd_kernel).__name__ == "InterpretedFunction"
     return dict(PREC="ieee" if dtype == torch.float32 else "tf32",
-                EMU=dtype == torch.bfloat16 and triton_interpreting())
+                EMU=dtype == torch.bfloat16 and interpreted)
 
 
 def _block_override() -> Optional[int]:
@@ -336,12 +350,11 @@ def window_triton_backward(grad_out: Tensor, qkv: Tensor, bias: Optional[Tensor]
     common = dict(HEAD_DIM=D, BLOCK_D=block_d, BLOCK=block, SHIFTED=bool(shift[0] or shift[1]),
                   **_prec(qkv.dtype), num_warps=8, num_stages=1)
     args = (*geo.values(), nwtot, nslot, scale * LOG2E, scale)
+    partial = torch.zeros(nslot, NH, np_, np_, device=qkv.device, dtype=torch.float32)
     if nb == 1:
-        partial = torch.empty(nslot, NH, np_, np_, device=qkv.device, dtype=torch.float32)
         _win_bwd_one_kernel[(nslot, NH)](qkv, bias2, out, grad_out, lse, dqkv, partial, *args,
                                          **common)
     else:
-        partial = torch.zeros(nslot, NH, np_, np_, device=qkv.device, dtype=torch.float32)
         _win_bwd_blocked_kernel[(nslot, NH)](qkv, bias2, out, grad_out, lse, dqkv, partial, *args,
                                              NB=nb, **common)
     dbias = partial.sum(0)[:, :N, :N]

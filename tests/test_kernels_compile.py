@@ -54,9 +54,48 @@ _NA_SHAPES = [
     (2, 56, 56, 2, 64, 7, 1, False),
 ]
 
+def _window_call(dtype_name: str, shapes) -> Callable[[], None]:
+    def call():
+        import torch
+        from vitzoo.kernels import window_attention
+        dtype = getattr(torch, dtype_name)
+        for (B, H, W, nh, d, ws, shift) in shapes:
+            qkv = _randn(B, H, W, 3, nh, d, dtype=dtype)
+            bias = _randn(nh, ws * ws, ws * ws, dtype=torch.float32)
+            window_attention(qkv, bias, ws, shift).float().sum().backward()
+    return call
+
+
+# Swin-T stages at 224 (window 7, unshifted and shifted; 7x7 has no shift) and a window-12
+# stage of the 384 models (several key blocks, online softmax, blocked backward)
+_WINDOW_SHAPES = [
+    (2, 56, 56, 3, 32, 7, 0), (2, 56, 56, 3, 32, 7, 3), (2, 28, 28, 6, 32, 7, 3),
+    (2, 14, 14, 12, 32, 7, 3), (2, 7, 7, 24, 32, 7, 0), (2, 48, 48, 4, 32, 12, 6),
+]
+
+def _routed_call(dtype_name: str, shapes) -> Callable[[], None]:
+    def call():
+        import torch
+        from vitzoo.kernels import routed_attention
+        dtype = getattr(torch, dtype_name)
+        for (B, H, W, n_win, topk, nh, d) in shapes:
+            q, k, v = (_randn(B, H, W, nh, d, dtype=dtype) for _ in range(3))
+            r_idx = torch.randn(B, n_win ** 2, n_win ** 2).topk(topk, dim=-1).indices
+            out = routed_attention(q, k, v, r_idx, n_win, (nh * d) ** -0.5)
+            out.float().sum().backward()
+    return call
+
+
+# BiFormer-T routed stages at 224 (n_win 7): 64 tokens/region topk 1, 16 topk 4, 4 topk 16
+_ROUTED_SHAPES = [(2, 56, 56, 7, 1, 2, 32), (2, 28, 28, 7, 4, 4, 32), (2, 14, 14, 7, 16, 8, 32)]
+
 CALLS: Dict[str, Callable[[], None]] = {
     "na2d_bf16": _na2d_call("bfloat16", _NA_SHAPES),
     "na2d_fp32": _na2d_call("float32", _NA_SHAPES[:2]),
+    "routed_bf16": _routed_call("bfloat16", _ROUTED_SHAPES),
+    "routed_fp32": _routed_call("float32", _ROUTED_SHAPES[2:]),
+    "window_bf16": _window_call("bfloat16", _WINDOW_SHAPES),
+    "window_fp32": _window_call("float32", _WINDOW_SHAPES[1:2] + _WINDOW_SHAPES[-1:]),
 }
 
 
