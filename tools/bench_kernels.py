@@ -492,23 +492,24 @@ def run_model_step(args: argparse.Namespace, device: str, meta: Dict[str, object
                 warmup=warmup, variants=variants, check_max_abs_diff=diff,
                 check_tol=args.check_tol,
                 params=sum(p.numel() for p in base.parameters()))
-    rows = []
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stem = f"{args.model.replace('vitzoo_', '')}_step_{device}_{stamp}"
+    rows: List[Dict[str, Any]] = []
+    ratios: Dict[str, float] = {}
     for variant in variants:
         row = time_train_step(base, variant, batch, args.img_size, device, dtype, reps, warmup,
                               num_classes)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    ratios = model_ratios(rows)
+        ratios = model_ratios(rows)
+        # rewritten after every variant: a run killed by a time limit keeps what it measured
+        (out_dir / f"{stem}.json").write_text(json.dumps(dict(meta, rows=rows, ratios=ratios),
+                                                         indent=2))
+        (out_dir / f"{stem}.md").write_text(_model_markdown(meta, rows, ratios))
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x", flush=True)
-
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    stem = f"{args.model.replace('vitzoo_', '')}_step_{device}_{stamp}"
-    (out_dir / f"{stem}.json").write_text(json.dumps(dict(meta, rows=rows, ratios=ratios),
-                                                     indent=2))
-    (out_dir / f"{stem}.md").write_text(_model_markdown(meta, rows, ratios))
     print(f"wrote {out_dir / stem}.json and .md")
     return 0 if all("error" not in r for r in rows) else 1
 
@@ -565,20 +566,26 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     names = kernel_bench.select(args.ops)
     backends = [b.strip() for b in args.backends.split(",")] if args.backends else None
-    rows, ran, skipped = run_ops(names, device, dtype, args.quick, impls=backends,
-                                 batch=args.batch)
-    meta.update(mode="ops", dtype=str(dtype).replace("torch.", ""), quick=args.quick, ops=ran,
-                skipped_ops=skipped)
+    meta.update(mode="ops", dtype=str(dtype).replace("torch.", ""), quick=args.quick)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     stem = f"kernels_{device}_{stamp}"
-    (out_dir / f"{stem}.json").write_text(json.dumps(dict(meta, rows=rows), indent=2))
-    (out_dir / f"{stem}.md").write_text(ops_markdown(meta, rows))
-    print(f"wrote {out_dir / stem}.json and .md")
+    rows: List[Dict[str, Any]] = []
+    ran: List[str] = []
+    skipped: List[str] = []
+    for name in names:
+        # one op at a time, results rewritten after each: a killed run keeps the finished ops
+        op_rows, op_ran, op_skipped = run_ops([name], device, dtype, args.quick, impls=backends,
+                                              batch=args.batch)
+        rows, ran, skipped = rows + op_rows, ran + op_ran, skipped + op_skipped
+        meta.update(ops=ran, skipped_ops=skipped)
+        (out_dir / f"{stem}.json").write_text(json.dumps(dict(meta, rows=rows), indent=2))
+        (out_dir / f"{stem}.md").write_text(ops_markdown(meta, rows))
     if not ran:
         print(f"bench_kernels: no op module found for --ops {args.ops}", file=sys.stderr)
         return 1
+    print(f"wrote {out_dir / stem}.json and .md")
     return 1 if any(r.get("error") for r in rows) else 0
 
 

@@ -21,7 +21,7 @@ OP = "neighborhood"
 # NAT-tiny: heads (2, 4, 8, 16), head_dim 32, kernel 7; maps at 224px input; DiNAT dilations.
 NAT_STAGES = [(56, 2), (28, 4), (14, 8), (7, 16)]
 DILATIONS = [1, 2, 4, 8]
-QUICK_CONFIGS = [(56, 2, 1), (56, 2, 8), (28, 4, 2), (14, 8, 2), (7, 16, 1)]
+QUICK_CONFIGS = [(56, 2, 1), (28, 4, 2), (14, 8, 2), (7, 16, 1)]  # one per NAT-tiny stage
 KERNEL = 7
 HEAD_DIM = 32
 IMPLS = ("triton", "reference", "sdpa", "flex")
