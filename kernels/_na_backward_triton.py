@@ -36,12 +36,12 @@ def _na_bwd_preprocess(O, DO, DELTA, ROWS, HEAD_DIM: tl.constexpr, BLOCK_D: tl.c
 
 @triton.jit
 def _na_bwd_dkdv_kernel(
-    Q, K, V, RPB, DO, LSE, DELTA, DK, DV,
+    Q, K, V, RPBF, DO, LSE, DELTA, DK, DV,
     sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
     H, W, NH, DH, DW, NTH, NTW, qk_scale, scale,
     KH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, RPC: tl.constexpr,
-    CW: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    CW: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, NCW: tl.constexpr,
 ):
     gh, gw, th, tw, nh, nw = tile_of_program(tl.program_id(0), H, W, DH, DW, NTH, NTW)
     if (th * TH >= nh) | (tw * TW >= nw):
@@ -74,36 +74,39 @@ def _na_bwd_dkdv_kernel(
     n = tl.arange(0, RPC * CW)
     nr = n // CW
     nc = n % CW
+    a_col = (m % TW)[:, None]
+    delta_c = c0 - tw * TW + (KW - 1)                # column-clamp class of the (flipped) table
     q_base = Q + b * sqb + h * sqn
     dk = tl.zeros([TH * TW, BLOCK_D], tl.float32)
     dv = tl.zeros([TH * TW, BLOCK_D], tl.float32)
-    for rr in range(r0, r1, RPC):
-        qr = rr + nr
+    n_cc = (c1 - c0 + CW - 1) // CW
+    for it in range(0, ((r1 - r0 + RPC - 1) // RPC) * n_cc):
+        ic = it % n_cc
+        qr = r0 + (it // n_cc) * RPC + nr
+        qc = c0 + ic * CW + nc
         sqr = win_start(qr, nh, KH)
-        for cc in range(c0, c1, CW):
-            qc = cc + nc
-            sqc = win_start(qc, nw, KW)
-            qmask = (qr < r1) & (qc < c1)
-            qi = gh + qr * DH
-            qj = gw + qc * DW
-            q2 = qmask[:, None] & dmask[None, :]
-            qt = tl.load(q_base + (qi * sqh + qj * sqw)[:, None] + d[None, :], mask=q2, other=0.0)
-            tok = ((b * H + qi) * W + qj) * NH + h
-            dot_ = tl.load(DO + tok[:, None] * HEAD_DIM + d[None, :], mask=q2, other=0.0)
-            lse2 = tl.load(LSE + tok, mask=qmask, other=0.0) * LOG2E
-            delta = tl.load(DELTA + tok, mask=qmask, other=0.0)
-            st = mma(kt, tl.trans(qt), PREC, UPCAST) * qk_scale      # [keys, queries]
-            if HAS_RPB:
-                st += bias_tile(RPB, h, kci[:, None] - qr[None, :], kcj[:, None] - qc[None, :],
-                                KH, KW)
-            inwin = ((kci[:, None] >= sqr[None, :]) & (kci[:, None] < sqr[None, :] + KH)
-                     & (kcj[:, None] >= sqc[None, :]) & (kcj[:, None] < sqc[None, :] + KW)
-                     & qmask[None, :] & kmask[:, None])
-            pt = tl.where(inwin, tl.exp2(st - lse2[None, :]), 0.0)
-            dv += mma(pt.to(dot_.dtype), dot_, PREC, UPCAST)
-            dpt = mma(vt, tl.trans(dot_), PREC, UPCAST)
-            dst = pt * (dpt - delta[None, :])
-            dk += mma(dst.to(qt.dtype), qt, PREC, UPCAST)
+        sqc = win_start(qc, nw, KW)
+        qmask = (qr < r1) & (qc < c1)
+        qi = gh + qr * DH
+        qj = gw + qc * DW
+        q2 = qmask[:, None] & dmask[None, :]
+        qt = tl.load(q_base + (qi * sqh + qj * sqw)[:, None] + d[None, :], mask=q2, other=0.0)
+        tok = ((b * H + qi) * W + qj) * NH + h
+        dot_ = tl.load(DO + tok[:, None] * HEAD_DIM + d[None, :], mask=q2, other=0.0)
+        lse2 = tl.load(LSE + tok, mask=qmask, other=0.0) * LOG2E
+        delta = tl.load(DELTA + tok, mask=qmask, other=0.0)
+        st = mma(kt, tl.trans(qt), PREC, UPCAST) * qk_scale      # [keys, queries]
+        if HAS_RPB:
+            st += bias_tile(RPBF, h, qr[None, :] - kci[:, None], delta_c, a_col, ic,
+                            nc[None, :], KH, KW, TW, NCW, CW)
+        inwin = ((kci[:, None] >= sqr[None, :]) & (kci[:, None] < sqr[None, :] + KH)
+                 & (kcj[:, None] >= sqc[None, :]) & (kcj[:, None] < sqc[None, :] + KW)
+                 & qmask[None, :] & kmask[:, None])
+        pt = tl.where(inwin, tl.exp2(st - lse2[None, :]), 0.0)
+        dv += mma(pt.to(dot_.dtype), dot_, PREC, UPCAST)
+        dpt = mma(vt, tl.trans(dot_), PREC, UPCAST)
+        dst = pt * (dpt - delta[None, :])
+        dk += mma(dst.to(qt.dtype), qt, PREC, UPCAST)
 
     tok = ((b * H + ki) * W + kj) * NH + h
     out = tok[:, None] * HEAD_DIM + d[None, :]
@@ -118,7 +121,7 @@ def _na_bwd_dq_kernel(
     H, W, NH, DH, DW, NTH, NTW, qk_scale, scale,
     KH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, RPC: tl.constexpr,
-    CW: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    CW: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, NCW: tl.constexpr,
 ):
     gh, gw, th, tw, nh, nw = tile_of_program(tl.program_id(0), H, W, DH, DW, NTH, NTW)
     if (th * TH >= nh) | (tw * TW >= nw):
@@ -153,34 +156,37 @@ def _na_bwd_dq_kernel(
     n = tl.arange(0, RPC * CW)
     nr = n // CW
     nc = n % CW
+    a_col = (m % TW)[:, None]
+    delta_c = c0 - tw * TW + (KW - 1)
     k_base = K + b * skb + h * skn
     v_base = V + b * svb + h * svn
     ds_base = DS + tok * (KH * KW)
     dq = tl.zeros([TH * TW, BLOCK_D], tl.float32)
-    for rr in range(r0, r1, RPC):
-        kr = rr + nr
-        for cc in range(c0, c1, CW):
-            kc = cc + nc
-            kmask = (kr < r1) & (kc < c1)
-            kv_mask = kmask[:, None] & dmask[None, :]
-            koff = (gh + kr * DH) * skh + (gw + kc * DW) * skw
-            kt = tl.load(k_base + koff[:, None] + d[None, :], mask=kv_mask, other=0.0)
-            voff = (gh + kr * DH) * svh + (gw + kc * DW) * svw
-            vt = tl.load(v_base + voff[:, None] + d[None, :], mask=kv_mask, other=0.0)
-            s = mma(qt, tl.trans(kt), PREC, UPCAST) * qk_scale
-            if HAS_RPB:
-                s += bias_tile(RPB, h, kr[None, :] - ci[:, None], kc[None, :] - cj[:, None],
-                               KH, KW)
-            inwin = ((kr[None, :] >= si[:, None]) & (kr[None, :] < si[:, None] + KH)
-                     & (kc[None, :] >= sj[:, None]) & (kc[None, :] < sj[:, None] + KW)
-                     & kmask[None, :] & qmask[:, None])
-            p = tl.where(inwin, tl.exp2(s - lse2[:, None]), 0.0)
-            dp = mma(dot_, tl.trans(vt), PREC, UPCAST)
-            ds = p * (dp - delta[:, None])
-            dq += mma(ds.to(kt.dtype), kt, PREC, UPCAST)
-            if HAS_RPB:
-                slot = (kr[None, :] - si[:, None]) * KW + (kc[None, :] - sj[:, None])
-                tl.store(ds_base[:, None] + slot, ds, mask=inwin)
+    n_cc = (c1 - c0 + CW - 1) // CW
+    for it in range(0, ((r1 - r0 + RPC - 1) // RPC) * n_cc):
+        ic = it % n_cc
+        kr = r0 + (it // n_cc) * RPC + nr
+        kc = c0 + ic * CW + nc
+        kmask = (kr < r1) & (kc < c1)
+        kv_mask = kmask[:, None] & dmask[None, :]
+        koff = (gh + kr * DH) * skh + (gw + kc * DW) * skw
+        kt = tl.load(k_base + koff[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        voff = (gh + kr * DH) * svh + (gw + kc * DW) * svw
+        vt = tl.load(v_base + voff[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        s = mma(qt, tl.trans(kt), PREC, UPCAST) * qk_scale
+        if HAS_RPB:
+            s += bias_tile(RPB, h, kr[None, :] - ci[:, None], delta_c, a_col, ic, nc[None, :],
+                           KH, KW, TW, NCW, CW)
+        inwin = ((kr[None, :] >= si[:, None]) & (kr[None, :] < si[:, None] + KH)
+                 & (kc[None, :] >= sj[:, None]) & (kc[None, :] < sj[:, None] + KW)
+                 & kmask[None, :] & qmask[:, None])
+        p = tl.where(inwin, tl.exp2(s - lse2[:, None]), 0.0)
+        dp = mma(dot_, tl.trans(vt), PREC, UPCAST)
+        ds = p * (dp - delta[:, None])
+        dq += mma(ds.to(kt.dtype), kt, PREC, UPCAST)
+        if HAS_RPB:
+            slot = (kr[None, :] - si[:, None]) * KW + (kc[None, :] - sj[:, None])
+            tl.store(ds_base[:, None] + slot, ds, mask=inwin)
 
     tl.store(DQ + tok[:, None] * HEAD_DIM + d[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=q2)

@@ -52,15 +52,20 @@ def tile_of_program(pid, H, W, DH, DW, NTH, NTW):
 
 
 @triton.jit
-def bias_tile(RPB, h, dr, dc, KH: tl.constexpr, KW: tl.constexpr):
-    """Bias (already x log2e, fp32) of key-minus-query offsets ``dr, dc`` (group coordinates).
+def bias_tile(E, h, dr, delta, a, ic, col, KH: tl.constexpr, KW: tl.constexpr,
+              TW: tl.constexpr, NCW: tl.constexpr, CW: tl.constexpr):
+    """Bias (x log2e, fp32) of one chunk from the launcher's expanded table.
 
-    The index is clamped into the table so the load needs no mask (the window mask removes the
-    pairs outside the neighbourhood, whose clamped values are meaningless).
+    ``E[h, u, delta, a, x] = T[h, u, delta + x - a]`` (0 off the table), with ``u`` the row
+    offset ``dr + KH - 1``, ``delta`` the tile's column-clamp class (region start minus tile start,
+    plus ``KW - 1``, always in ``[0, KW)``), ``a`` the tile column of the query (key, in dk/dv) and
+    ``x = ic * CW + col`` the column inside the region. Each query row thus reads ``CW``
+    contiguous, 16-byte aligned floats (vector loads) instead of a per-element gather. ``u`` is
+    clamped (the window mask removes those pairs), so the load needs no mask.
     """
     u = tl.minimum(tl.maximum(dr + (KH - 1), 0), 2 * KH - 2)
-    w = tl.minimum(tl.maximum(dc + (KW - 1), 0), 2 * KW - 2)
-    return tl.load(RPB + h * ((2 * KH - 1) * (2 * KW - 1)) + u * (2 * KW - 1) + w)
+    row = (u * KW + delta) * TW + a
+    return tl.load(E + h * ((2 * KH - 1) * KW * TW * NCW) + row * NCW + (ic * CW + col))
 
 
 @triton.jit

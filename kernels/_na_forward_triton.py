@@ -28,7 +28,7 @@ def _na_fwd_kernel(
     H, W, NH, DH, DW, NTH, NTW, qk_scale,
     KH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, RPC: tl.constexpr,
-    CW: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    CW: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, NCW: tl.constexpr,
 ):
     gh, gw, th, tw, nh, nw = tile_of_program(tl.program_id(0), H, W, DH, DW, NTH, NTW)
     if (th * TH >= nh) | (tw * TW >= nw):
@@ -60,35 +60,38 @@ def _na_fwd_kernel(
     n = tl.arange(0, RPC * CW)
     nr = n // CW
     nc = n % CW
+    a_col = (m % TW)[:, None]
+    delta = c0 - tw * TW + (KW - 1)                  # column-clamp class of the bias table
     k_base = K + b * skb + h * skn
     v_base = V + b * svb + h * svn
     m_i = tl.full([TH * TW], -1.0e30, tl.float32)
     l_i = tl.zeros([TH * TW], tl.float32)
     acc = tl.zeros([TH * TW, BLOCK_D], tl.float32)
-    for rr in range(r0, r1, RPC):
-        kr = rr + nr
-        for cc in range(c0, c1, CW):
-            kc = cc + nc
-            kmask = (kr < r1) & (kc < c1)
-            koff = (gh + kr * DH) * skh + (gw + kc * DW) * skw
-            kv_mask = kmask[:, None] & dmask[None, :]
-            kt = tl.load(k_base + koff[:, None] + d[None, :], mask=kv_mask, other=0.0)
-            s = mma(q, tl.trans(kt), PREC, UPCAST) * qk_scale
-            if HAS_RPB:
-                s += bias_tile(RPB, h, kr[None, :] - ci[:, None], kc[None, :] - cj[:, None],
-                               KH, KW)
-            inwin = ((kr[None, :] >= si[:, None]) & (kr[None, :] < si[:, None] + KH)
-                     & (kc[None, :] >= sj[:, None]) & (kc[None, :] < sj[:, None] + KW)
-                     & kmask[None, :])
-            s = tl.where(inwin, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            voff = (gh + kr * DH) * svh + (gw + kc * DW) * svw
-            vt = tl.load(v_base + voff[:, None] + d[None, :], mask=kv_mask, other=0.0)
-            acc = acc * alpha[:, None] + mma(p.to(vt.dtype), vt, PREC, UPCAST)
-            m_i = m_new
+    n_cc = (c1 - c0 + CW - 1) // CW
+    for it in range(0, ((r1 - r0 + RPC - 1) // RPC) * n_cc):   # one flat loop: pipelined chunks
+        ic = it % n_cc
+        kr = r0 + (it // n_cc) * RPC + nr
+        kc = c0 + ic * CW + nc
+        kmask = (kr < r1) & (kc < c1)
+        kv_mask = kmask[:, None] & dmask[None, :]
+        koff = (gh + kr * DH) * skh + (gw + kc * DW) * skw
+        kt = tl.load(k_base + koff[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        s = mma(q, tl.trans(kt), PREC, UPCAST) * qk_scale
+        if HAS_RPB:
+            s += bias_tile(RPB, h, kr[None, :] - ci[:, None], delta, a_col, ic, nc[None, :],
+                           KH, KW, TW, NCW, CW)
+        inwin = ((kr[None, :] >= si[:, None]) & (kr[None, :] < si[:, None] + KH)
+                 & (kc[None, :] >= sj[:, None]) & (kc[None, :] < sj[:, None] + KW)
+                 & kmask[None, :])
+        s = tl.where(inwin, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        voff = (gh + kr * DH) * svh + (gw + kc * DW) * svw
+        vt = tl.load(v_base + voff[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + mma(p.to(vt.dtype), vt, PREC, UPCAST)
+        m_i = m_new
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     tok = ((b * H + qi) * W + qj) * NH + h           # [B, H, W, NH] row of each query (int64)

@@ -112,10 +112,41 @@ def _dot_meta(q: Tensor) -> Dict[str, object]:
     return dict(PREC=prec, UPCAST=q.dtype == torch.bfloat16 and interpreting)
 
 
-def _rpb_log2(rpb: Optional[Tensor], q: Tensor) -> Tensor:
+def _region_cols(cfg: Dict[str, int], kw: int, inverse: bool) -> int:
+    """``NCW``: columns of a tile's key region (forward, dq: ``TW + k - 1`` at most) or query
+    region (dk/dv, inverse neighbourhood: ``TW + 2k - 2``), rounded up to whole chunks."""
+    cols = cfg["TW"] + (2 * kw - 2 if inverse else kw - 1)
+    return -(-cols // cfg["CW"]) * cfg["CW"]
+
+
+@functools.lru_cache(maxsize=64)
+def _expand_index(kw: int, tw: int, ncw: int, device: torch.device) -> Tensor:
+    """``[kw, tw, ncw]`` column of the bias table for (clamp class, tile column, region column);
+    ``2kw - 1`` (a zero column) where the offset falls off the table."""
+    delta = torch.arange(kw)[:, None, None]
+    a = torch.arange(tw)[None, :, None]
+    x = torch.arange(ncw)[None, None, :]
+    idx = delta + x - a
+    return torch.where((idx >= 0) & (idx <= 2 * kw - 2), idx, 2 * kw - 1).to(device)
+
+
+def _rpb_expanded(rpb: Optional[Tensor], q: Tensor, cfg: Dict[str, int], inverse: bool
+                  ) -> Tuple[Tensor, int]:
+    """``(E [heads, 2kh-1, kw, TW, NCW] fp32, NCW)``: the bias table x log2e, expanded so that a
+    tile row reads its chunk's biases as one contiguous run (see ``bias_tile``).
+
+    ``inverse`` (dk/dv) indexes by query minus key, i.e. the table flipped on both axes.
+    """
     if rpb is None:
-        return torch.zeros(1, dtype=torch.float32, device=q.device)
-    return (rpb.float() * _LOG2E).contiguous()
+        return torch.zeros(1, dtype=torch.float32, device=q.device), 16
+    heads, rows, cols = rpb.shape
+    kw = (cols + 1) // 2
+    ncw = _region_cols(cfg, kw, inverse)
+    table = rpb.float() * _LOG2E
+    if inverse:
+        table = table.flip(1, 2)
+    table = torch.nn.functional.pad(table, (0, 1))               # zero column 2kw - 1
+    return table[:, :, _expand_index(kw, cfg["TW"], ncw, q.device)].contiguous(), ncw
 
 
 def na2d_triton_forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
@@ -129,10 +160,11 @@ def na2d_triton_forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
     lse = torch.empty((B, H, W, NH), dtype=torch.float32, device=q.device)
     cfg = tile_config(H, W, (kh, kw), (dh, dw), D)["fwd"]
     grid, nth, ntw = _grid(H, W, (dh, dw), cfg, B * NH)
-    _na_fwd_kernel[grid](q, k, v, _rpb_log2(rpb, q), out, lse,
+    rpb2, ncw = _rpb_expanded(rpb, q, cfg, inverse=False)
+    _na_fwd_kernel[grid](q, k, v, rpb2, out, lse,
                          *_strides(q), *_strides(k), *_strides(v),
                          H, W, NH, dh, dw, nth, ntw, float(scale) * _LOG2E,
-                         KH=kh, KW=kw, HAS_RPB=rpb is not None, HEAD_DIM=D,
+                         KH=kh, KW=kw, HAS_RPB=rpb is not None, HEAD_DIM=D, NCW=ncw,
                          enable_fp_fusion=True, **_dot_meta(q), **cfg)
     return out, lse
 
@@ -186,9 +218,11 @@ def na2d_triton_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb:
               float(scale) * _LOG2E, float(scale))
     meta = dict(KH=kh, KW=kw, HAS_RPB=has_rpb, HEAD_DIM=D, enable_fp_fusion=True,
                 **_dot_meta(q), **cfg)
-    rpb2 = _rpb_log2(rpb, q)
-    _na_bwd_dkdv_kernel[grid](q, k, v, rpb2, grad_out, lse, delta, dk, dv, *common, **meta)
-    _na_bwd_dq_kernel[grid](q, k, v, rpb2, grad_out, lse, delta, dq, ds, *common, **meta)
+    rpb_inv, ncw_inv = _rpb_expanded(rpb, q, cfg, inverse=True)
+    _na_bwd_dkdv_kernel[grid](q, k, v, rpb_inv, grad_out, lse, delta, dk, dv, *common,
+                              NCW=ncw_inv, **meta)
+    rpb2, ncw = _rpb_expanded(rpb, q, cfg, inverse=False)
+    _na_bwd_dq_kernel[grid](q, k, v, rpb2, grad_out, lse, delta, dq, ds, *common, NCW=ncw, **meta)
     if has_rpb:
         drpb = _reduce_bias_grad(ds, H, W, NH, (kh, kw), (dh, dw)).to(rpb.dtype).view(rpb.shape)
     else:
