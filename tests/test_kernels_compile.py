@@ -93,7 +93,6 @@ CALLS: Dict[str, Callable[[], None]] = {
     "na2d_bf16": _na2d_call("bfloat16", _NA_SHAPES),
     "na2d_fp32": _na2d_call("float32", _NA_SHAPES[:2]),
     "routed_bf16": _routed_call("bfloat16", _ROUTED_SHAPES),
-    "routed_fp32": _routed_call("float32", _ROUTED_SHAPES[2:]),
     "window_bf16": _window_call("bfloat16", _WINDOW_SHAPES),
     "window_fp32": _window_call("float32", _WINDOW_SHAPES[1:2] + _WINDOW_SHAPES[-1:]),
 }
