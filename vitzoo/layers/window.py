@@ -27,7 +27,7 @@ def window_partition(x: torch.Tensor, window_size: Tuple[int, int]) -> torch.Ten
     """
     B, H, W, C = x.shape
     wh, ww = window_size
-    x = x.view(B, H // wh, wh, W // ww, ww, C).permute(0, 1, 3, 2, 4, 5)
+    x = x.reshape(B, H // wh, wh, W // ww, ww, C).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, wh * ww, C)
 
 
@@ -35,7 +35,8 @@ def window_reverse(windows: torch.Tensor, window_size: Tuple[int, int], height: 
     """Inverse of `window_partition`: `[B * nW, ws_h * ws_w, C] -> [B, H, W, C]`."""
     wh, ww = window_size
     C = windows.shape[-1]
-    x = windows.view(-1, height // wh, width // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5)
+    # reshape, not view: exporters (torch.onnx dynamo) may hand over a non-contiguous tensor
+    x = windows.reshape(-1, height // wh, width // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, height, width, C)
 
 
@@ -57,7 +58,7 @@ def relative_position_index(
 def relative_position_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Gather a `[(2wh-1)*(2ww-1), heads]` table with an `[N, N]` index into a `[heads, N, N]` bias."""
     n = index.shape[0]
-    return table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+    return table[index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
 
 
 def _region_ids(size: int, window: int, shift: int, device: Optional[torch.device]) -> torch.Tensor:

@@ -6,17 +6,31 @@ attention with relative position bias (+ shift mask) -> proj -> merge -> crop ->
 The order (roll before pad), the mask value (-100) and the mask regions follow timm 1.0.31, so
 its weights give the same outputs at every size.
 
-The attention math is one function, `window_attention`, so a fused kernel can replace it later.
+Two paths give the same outputs:
+* fused (`vitzoo.kernels.window_attention`, chosen by the kernels' dispatch rule: CUDA tensors,
+  or `VITZOO_KERNELS=triton`): pad the map at the bottom/right, qkv Linear, then one op reads
+  q/k/v from `[B, Hp, Wp, 3, heads, d]` by index arithmetic (roll, partition, heads permute and
+  shift mask included) and writes the output in place order; crop, proj. Attention dropout is
+  not in the kernel: `attn_drop > 0` in training takes the reference path (warned once).
+* reference (CPU, TorchScript, tracing and exports): timm's order, roll -> pad -> partition ->
+  qkv -> SDPA with bias (+ mask) -> proj -> merge -> crop -> roll back; the attention math is
+  the function `window_attention`.
 
-TorchScript compiles the forward (the mask is then rebuilt per call instead of cached). FX treats
-the mixer as a leaf (`register_notrace_module`): its padding and mask cache depend on the map size.
+TorchScript compiles the reference forward (the mask is then rebuilt per call instead of cached).
+FX treats the mixer as a leaf (`register_notrace_module`): its padding and mask cache depend on the
+map size.
 """
+import warnings
 from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, resize_rel_pos_bias_table, to_2tuple, trunc_normal_
+
+from vitzoo.kernels import select_backend
+from vitzoo.kernels import window_attention as fused_window_attention
+from vitzoo.kernels.window import window_triton_unsupported
 
 from .window import (
     relative_position_bias, relative_position_index, shifted_window_mask, window_partition, window_reverse,
@@ -26,6 +40,15 @@ __all__ = ["window_attention", "ShiftedWindowAttention"]
 
 #: masks kept per mixer (one per padded map size/device/dtype seen); older ones are dropped
 _MASK_CACHE_SIZE = 4
+_DROPOUT_WARNED = False
+
+
+def _warn_attn_drop_once(rate: float) -> None:
+    global _DROPOUT_WARNED
+    if not _DROPOUT_WARNED:
+        _DROPOUT_WARNED = True
+        warnings.warn(f"ShiftedWindowAttention: attn_drop={rate} in training is not supported by the "
+                      "fused window-attention kernel; using the PyTorch reference path instead", stacklevel=3)
 
 
 def window_attention(
@@ -154,7 +177,37 @@ class ShiftedWindowAttention(nn.Module):
             self._masks[key] = mask
         return mask
 
+    @torch.jit.unused
+    def use_fused(self, x: torch.Tensor) -> bool:
+        """Whether this call runs the fused op (the kernels' dispatch rule; never when tracing or exporting)."""
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
+            return False
+        reason = window_triton_unsupported(self.head_dim, self.window_size[0] * self.window_size[1], x.dtype)
+        fused = select_backend("window_attention", [x], reason) == "triton"
+        if fused and self.training and self.attn_drop > 0:
+            _warn_attn_drop_once(self.attn_drop)
+            return False
+        return fused
+
+    @torch.jit.unused
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad -> qkv -> fused window attention (reads and writes in place order) -> crop -> proj."""
+        B, H, W, C = x.shape
+        wh, ww = self.window_size
+        pad_h, pad_w = (wh - H % wh) % wh, (ww - W % ww) % ww
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # padded tokens become the qkv bias, as in timm
+        qkv = self.qkv(x).reshape(B, H + pad_h, W + pad_w, 3, self.num_heads, self.head_dim)
+        bias = relative_position_bias(self.relative_position_bias_table, self.relative_position_index)
+        out = fused_window_attention(qkv, bias, self.window_size, self.shift_size, (H, W), self.scale)
+        if pad_h or pad_w:
+            out = out[:, :H, :W]
+        return self.proj_drop(self.proj(out.reshape(B, H, W, -1)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if self.use_fused(x):
+                return self.forward_fused(x)
         B, H, W, C = x.shape
         wh, ww = self.window_size
         sh, sw = self.shift_size
@@ -168,7 +221,7 @@ class ShiftedWindowAttention(nn.Module):
 
         windows = window_partition(x, self.window_size)  # [B*nW, N, C]
         Bw, N, _ = windows.shape
-        q, k, v = self.qkv(windows).view(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = self.qkv(windows).reshape(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         bias = relative_position_bias(self.relative_position_bias_table, self.relative_position_index)
         mask = self.shift_mask(Hp, Wp, x) if has_shift else None
         out = window_attention(q, k, v, bias, mask, self.scale, self.attn_drop if self.training else 0.0)
