@@ -111,6 +111,14 @@ def test_run_all_orchestrates_parts_and_collects_results(gc, monkeypatch):
     assert body["model_step"]["ratios"] == {"flex/vitzoo": 1.4}
 
 
+def test_gpu_test_files_are_the_kernel_tests_and_gpu_marked_files(gc):
+    files = gc.gpu_test_files()
+    assert "tests/test_kernels_neighborhood.py" in files and "tests/test_gpu_check.py" not in files
+    for f in files:
+        text = (ROOT / f).read_text()
+        assert Path(f).name.startswith("test_kernels_") or "@pytest.mark.gpu" in text
+
+
 def test_out_of_time_parts_are_recorded_not_run(gc, monkeypatch):
     monkeypatch.setattr(gc, "run_part", lambda *a, **k: pytest.fail("nothing should run"))
     body = gc.run_all(12, {"tests": 100, "ops": 100, "model_step": 100}, ops=["neighborhood"])

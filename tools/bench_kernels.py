@@ -521,7 +521,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--allow-cpu", action="store_true",
                    help="without a GPU, run a tiny CPU plumbing run instead of failing")
     p.add_argument("--ops", default="all",
-                   help=f"comma list of ops, or 'all' (present: {', '.join(kernel_bench.available_ops())})")
+                   help="comma list of ops, or 'all' (present: "
+                        f"{', '.join(kernel_bench.available_ops())})")
     p.add_argument("--batch", type=int, default=None,
                    help="batch (ops: each op's default; --model-step: 128, quick 32, CPU 2)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])

@@ -5,7 +5,8 @@ Runs from a plain checkout with ``PYTHONPATH=.`` and the packages already on the
 triton, timm; no pip step, and fvcore is not needed). On a CUDA GPU it
 
 1. prints the device and versions;
-2. runs the CUDA-marked kernel tests (``pytest -m gpu tests/test_kernels_*.py``);
+2. runs the CUDA-marked kernel tests (``pytest -m gpu`` on tests/test_kernels_*.py and any test
+   file with a ``gpu`` mark);
 3. runs ``tools/bench_kernels.py --quick`` for every op in ``tools/kernel_bench/``, one process
    per op;
 4. runs the DiNAT-tiny training-step benchmark (``bench_kernels.py --model-step --quick``,
@@ -45,6 +46,7 @@ OP_WEIGHTS = {"neighborhood": 2.0}
 # the eager pair only: torch.compile of the whole model twice would not fit in the budget
 MODEL_VARIANTS = "vitzoo,flex"
 TAIL_CHARS = 3000
+_GPU_MARK = re.compile(r"^\s*@pytest\.mark\.gpu\b|^pytestmark\s*=.*\bmark\.gpu\b", re.M)
 
 
 def cuda_device() -> Optional[Dict[str, str]]:
@@ -115,6 +117,14 @@ def summary_counts(output: str) -> Optional[Dict[str, int]]:
     return out
 
 
+def gpu_test_files() -> List[str]:
+    """tests/test_kernels_*.py and any other test file with a ``gpu``-marked test (only these
+    are collected: other files may import packages the GPU machine lacks, e.g. fvcore)."""
+    files = sorted((ROOT / "tests").glob("test_*.py"))
+    return [str(p.relative_to(ROOT)) for p in files if p.name.startswith("test_kernels_")
+            or _GPU_MARK.search(p.read_text(errors="ignore"))]
+
+
 def op_names() -> List[str]:
     """Op modules in tools/kernel_bench/ (by file name: nothing is imported here)."""
     return sorted(p.stem for p in (ROOT / "tools" / "kernel_bench").glob("*.py")
@@ -160,7 +170,7 @@ def _run_parts(work: Path, budget_s: float, budgets: Dict[str, float], python: s
     body: Dict[str, Any] = {"parts": parts, "tests": None, "ops_rows": [], "model_step": None}
 
     # 1. CUDA kernel tests
-    files = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "tests").glob("test_kernels_*.py"))]
+    files = gpu_test_files()
     try:
         import pytest  # noqa: F401
         has_pytest = True
