@@ -183,3 +183,24 @@ def test_report_without_results_still_renders(gc, tmp_path):
     text = gc.render_markdown(report)
     assert "not run: pytest is not installed" in text and text.count("no rows") == 1
     assert "no result" in text
+
+
+def test_main_with_a_device_writes_the_report_and_fails_on_a_failed_part(gc, tmp_path,
+                                                                         monkeypatch, capsys):
+    fake = _fake_report()
+    monkeypatch.setattr(gc, "cuda_device", lambda: fake["device"])
+    seen = {}
+
+    def fake_run_all(budget_s, budgets):
+        seen.update(budget=budget_s, **budgets)
+        return {k: fake[k] for k in ("parts", "tests", "ops_rows", "model_step")}
+
+    monkeypatch.setattr(gc, "run_all", fake_run_all)
+    assert gc.main(["--budget", "300", "--ops-budget", "99", "--out-dir", str(tmp_path)]) == 1
+    assert seen == dict(budget=300.0, tests=120, ops=99.0, model_step=110)
+    out = capsys.readouterr().out
+    assert "gpu_check: gpu NVIDIA H200" in out and "ops:neighborhood: rc 1" in out
+    (js,) = list(tmp_path.glob("*-nvidia-h200.json"))
+    data = json.loads(js.read_text())
+    assert data["command"].endswith("--out-dir " + str(tmp_path)) and data["budget_s"] == 300
+    assert data["ops_rows"] == fake["ops_rows"] and data["date"][:4].isdigit()
