@@ -346,3 +346,44 @@ def test_triton_cuda_backward_is_deterministic(monkeypatch):
     g1 = torch.autograd.grad(out, (q, k, v), go, retain_graph=True)
     g2 = torch.autograd.grad(out, (q, k, v), go)
     assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark module (tools/kernel_bench/routing.py) on CPU
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def routing_bench():
+    spec = importlib.util.spec_from_file_location("bench_kernels_routing",
+                                                  ROOT / "tools" / "bench_kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    module = bench.kernel_bench.load("routing")
+    assert module is not None and module.OP == "routing"
+    return bench.kernel_bench, module
+
+
+def test_bench_official_path_matches_reference(routing_bench):
+    """The benchmark's official gather-then-attention computes the op (values and gradients)."""
+    _, mod = routing_bench
+    q, k, v = _inputs(2, 6, 9, 2, 8, 4, seed=4)
+    r_idx = _routing(2, 3, 3, seed=2)
+    out = mod.official_routed_attention(q, k, v, r_idx, 3, 0.3)
+    want = routed_reference(q, k, v, r_idx, 3, 0.3)
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    go = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), go),
+                    torch.autograd.grad(want, (q, k, v), go)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_bench_run_cpu_rows(routing_bench):
+    kb, mod = routing_bench
+    rows = kb.call_run(mod, "cpu", torch.bfloat16, True)
+    assert {r["impl"] for r in rows} == {"official", "reference"}   # no Triton timing on CPU
+    assert len(rows) == 2 * len(mod.configs("cpu", True))
+    for r in rows:
+        assert set(kb.REQUIRED_KEYS) <= set(r) and r["op"] == "routing", r
+        assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["dtype"] == "float32", r
+    assert all(r["max_abs_diff"] < 1e-5 for r in rows if r["impl"] == "reference")
+    assert [c[:3] for c in mod.configs("cuda", False)] == [(56, 2, 64), (28, 4, 128),
+                                                          (14, 8, 256)]
