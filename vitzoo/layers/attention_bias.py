@@ -68,6 +68,18 @@ class AttentionBiasTable(nn.Module):
         self.register_buffer("attention_bias_idxs", idxs.to(self.attention_biases.device), persistent=False)
         self._cache: Optional[Tuple[Tuple[Any, ...], torch.Tensor, weakref.ref]] = None
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.attention_biases)
+        self.clear_cache()
+
+    @torch.no_grad()
+    def init_non_persistent_buffers(self) -> None:
+        """Recompute the offset index (garbage after `to_empty()`; timm's name for this step)."""
+        idxs, _ = attention_bias_index(self.resolution)
+        self.attention_bias_idxs.copy_(idxs)
+        self.clear_cache()
+
     # ---- cache ----------------------------------------------------------------------------
     def clear_cache(self) -> None:
         self._cache = None

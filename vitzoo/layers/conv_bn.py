@@ -90,7 +90,13 @@ class ConvBN(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, dilation, groups, bias=False)
         self.bn = nn.BatchNorm2d(out_chs)
-        nn.init.constant_(self.bn.weight, bn_weight_init)
+        self.bn_weight_init = float(bn_weight_init)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """BN scale `bn_weight_init`, shift 0 (also what `init_weights()` after a meta build redoes)."""
+        nn.init.constant_(self.bn.weight, self.bn_weight_init)
         nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,8 +115,13 @@ class BNLinear(nn.Module):
         self.norm = nn.BatchNorm1d(in_features)
         self.drop = nn.Dropout(drop)
         self.fc = nn.Linear(in_features, out_features, bias=bias)
-        trunc_normal_(self.fc.weight, std=std)
-        if bias:
+        self.std = std
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        trunc_normal_(self.fc.weight, std=self.std)
+        if self.fc.bias is not None:
             nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,12 @@ class Scale(nn.Module):
     def __init__(self, dim: int, init_value: float = 1.0, channels_first: bool = False) -> None:
         super().__init__()
         self.channels_first = channels_first
+        self.init_value = init_value
         self.scale = nn.Parameter(init_value * torch.ones(dim))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.scale, self.init_value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_first:

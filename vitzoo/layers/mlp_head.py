@@ -77,6 +77,17 @@ class MetaFormerHead(nn.Module):
         self._set_pool(self.global_pool.pool_type if pool_type is None else pool_type, num_classes)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def prune(self, in_features: int) -> None:
+        """Drop the norm and hidden layer (timm's `reset_other`): the head then pools `in_features` channels.
+
+        A pruned model (a feature extractor, or one cut at an earlier stage) has no use for them: they
+        are sized for the last stage and would take no gradient. `reset` then builds `fc` on the pool.
+        """
+        self.norm = nn.Identity()
+        self.pre_logits = nn.Identity()
+        self.in_features = self.num_features = in_features
+        self.hidden_size = None
+
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
         x = self.norm(x)

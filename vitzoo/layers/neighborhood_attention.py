@@ -76,11 +76,17 @@ class NeighborhoodAttention2D(nn.Module):
         if rel_pos_bias:
             self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
             if not self.rpb.is_meta:
-                trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
+                self.reset_parameters()
         else:
             self.register_parameter("rpb", None)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The relative position bias: trunc_normal(0.02) (the linears init themselves)."""
+        if self.rpb is not None:
+            trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():

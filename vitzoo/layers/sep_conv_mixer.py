@@ -20,6 +20,12 @@ class StarReLU(nn.Module):
         self.relu = nn.ReLU()
         self.scale = nn.Parameter(torch.full((1,), float(scale_value)), requires_grad=learnable)
         self.bias = nn.Parameter(torch.full((1,), float(bias_value)), requires_grad=learnable)
+        self.init_values = (float(scale_value), float(bias_value))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.scale.fill_(self.init_values[0])
+        self.bias.fill_(self.init_values[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * self.relu(x) ** 2 + self.bias

@@ -77,6 +77,10 @@ class SpectralGating(nn.Module):
         #: grid (H, W) of the NLC tokens of the current forward, set by the owning model
         self.token_grid: tuple[int, int] | None = None
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.complex_weight.normal_(0.0, 0.02)
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, grid_size={self.grid_size}"
 

@@ -20,7 +20,7 @@ builds it, so any family built from the shared ViT block can switch EViT on per 
 `keep_rate_at` is the official keep-rate warm-up (cosine from 1 down to the target).
 """
 import math
-from typing import Iterable
+from typing import Iterable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -95,13 +95,18 @@ class TokenReorg(nn.Module):
 
     def forward(self, x: torch.Tensor, cls_attn: torch.Tensor) -> torch.Tensor:
         """`cls_attn`: the ranking scores of every token, `[B, N]` (CLS attention, or mean attention received)."""
+        return self.forward_with_index(x, cls_attn)[0]
+
+    def forward_with_index(self, x: torch.Tensor, cls_attn: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The reorganised tokens and which image tokens were kept: `[B, keep]` indices into `x[:, prefix:]`
+        in output order (None when nothing is dropped). Dense feature maps put tokens back with it."""
         B, N, C = x.shape
         if not torch.jit.is_scripting():
             self._check_attn(x, cls_attn)
         p = self.num_prefix_tokens
         keep = self.num_kept(N - p)
         if keep >= N - p:
-            return x
+            return x, None
         image_tokens, image_attn = x[:, p:], cls_attn[:, p:]
         idx = image_attn.topk(keep, dim=1, largest=True, sorted=True).indices  # [B, keep]
         kept = image_tokens.gather(1, idx.unsqueeze(-1).expand(-1, -1, C))
@@ -109,7 +114,7 @@ class TokenReorg(nn.Module):
         if self.fuse_token:
             dropped_weight = image_attn.scatter(1, idx, 0.0)  # attention of the tokens not kept
             parts.append((image_tokens * dropped_weight.unsqueeze(-1)).sum(dim=1, keepdim=True))
-        return torch.cat(parts, dim=1)
+        return torch.cat(parts, dim=1), idx
 
 
 @register_notrace_module  # how many tokens survive depends on the token count: an FX leaf, like timm's
@@ -131,15 +136,20 @@ class ReorgViTBlock(MetaFormerBlock):
         self.token_reorg = token_reorg
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_tracked(x)[0]
+
+    def forward_tracked(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """`(out, kept, at_reorg)`: the block output, the kept image-token indices (None: nothing dropped)
+        and every token's value at the reorganisation (what a dropped token last was)."""
         if not self.token_reorg.drops(x.shape[1]):
-            return self.forward_mlp(self.forward_mixer(x))  # the plain ViT block (no super() in TorchScript)
+            return self.forward_mlp(self.forward_mixer(x)), None, x  # the plain ViT block (no super() in TorchScript)
         if self.token_reorg.rank_by == "cls":
             out, cls_attn = self.token_mixer.forward_with_cls_attn(self.norm1(x))
         else:
             out, cls_attn = self.token_mixer.forward_with_token_scores(self.norm1(x), "mean")
         x = self.res_scale1(x) + self.layer_scale1(self.drop_path1(out))
-        x = self.token_reorg(x, cls_attn)
-        return self.forward_mlp(x)
+        reorg, kept = self.token_reorg.forward_with_index(x, cls_attn)
+        return self.forward_mlp(reorg), kept, x
 
 
 def token_reorg_for(

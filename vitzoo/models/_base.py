@@ -16,11 +16,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
+from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._manipulate import checkpoint_seq
+from torch.utils.checkpoint import checkpoint
 
-__all__ = ["ZooModel", "HierarchicalBackbone", "IsotropicBackbone", "build_zoo_model", "factory_defaults"]
+__all__ = [
+    "ZooModel", "HierarchicalBackbone", "IsotropicBackbone", "ZooFeatureGetterNet", "build_zoo_model", "factory_defaults",
+]
 
 
 def _is_tracing() -> bool:
@@ -165,11 +169,50 @@ class ZooModel(nn.Module):
         if global_pool is not None:
             self.global_pool = global_pool
 
+    def _prune_head(self) -> None:
+        """timm's pruned head: no classifier, no pooling, and none of the head's own layers.
+
+        A head's norm / hidden layer (MetaFormer, SpectFormer-H) is sized for the final features
+        and would take no gradient in a feature extractor (DDP fails on that), so it goes, as
+        timm's `reset_classifier(..., reset_other=True)` does; a head may define `prune(width)`.
+        `reset_classifier(n, 'avg')` afterwards pools the (maybe narrower) `num_features`.
+        """
+        prune = getattr(self.head, "prune", None)
+        if prune is not None:
+            prune(self.num_features)
+        elif hasattr(self.head, "in_features"):
+            self.head.in_features = self.num_features
+        self.reset_classifier(0, "")
+        self.head_hidden_size = self.num_features
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=True) if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    # ---- weight init ---------------------------------------------------------------------------
+    @torch.jit.ignore
+    @torch.no_grad()
+    def init_weights(self, needs_reset: bool = True) -> None:
+        """Initialise every parameter and computed buffer in place, as the constructor does.
+
+        How timm materialises large models (FSDP): build on 'meta', `to_empty()`, then this. Each
+        module's own `reset_parameters()` runs first (descendants before ancestors, so a layer that
+        sets its sublayers wins), then `init_non_persistent_buffers()` (index tables, bias caches,
+        as timm names it), then the family's `_init_family_weights()` (the constructor's init).
+        """
+        if needs_reset:
+            for m in reversed(list(self.modules())):
+                if m is not self and callable(getattr(m, "reset_parameters", None)):
+                    m.reset_parameters()
+        for m in self.modules():
+            if callable(getattr(m, "init_non_persistent_buffers", None)):
+                m.init_non_persistent_buffers()
+        self._init_family_weights()
+
+    def _init_family_weights(self) -> None:
+        """The family's own init on top of the layers' (constructors call it too); default: none."""
 
     # ---- optimisation helpers ----------------------------------------------------------------
     @torch.jit.ignore
@@ -230,6 +273,11 @@ class HierarchicalBackbone(ZooModel):
         ]
         self.input_divisor = max(self.input_divisor, int(reductions[-1]))
         self.grad_checkpointing = False
+
+    def _init_family_weights(self) -> None:
+        """Linear trunc_normal(0.02) / LayerNorm (1, 0), the transformer pyramids' init; families override."""
+        from ._init import init_linear_layernorm
+        self.apply(init_linear_layernorm)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -293,13 +341,14 @@ class HierarchicalBackbone(ZooModel):
         """
         num_stages = len(self.stages)
         take_indices, max_index = feature_take_indices(num_stages, indices)
+        prune_end = max_index < num_stages - 1
         self.stages = self.stages[:max_index + 1]
-        if prune_norm or max_index < num_stages - 1:
+        if prune_norm or prune_end:
             self.norm = nn.Identity()
-        if max_index < num_stages - 1:
+        if prune_end:
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head:
-            self.reset_classifier(0, "")
+        if prune_head or prune_end:  # like timm: a head sized for the cut stages goes with them
+            self._prune_head()
         return take_indices
 
 
@@ -331,6 +380,40 @@ class TokenHead(nn.Module):
             x = x[:, self.num_prefix_tokens:].mean(dim=1)
         x = self.drop(x)
         return x if pre_logits else self.fc(x)
+
+
+class _DenseTokens:
+    """Grid positions of the image tokens while blocks drop some (EViT), to give dense feature maps.
+
+    `pos[b, j]` is the grid cell of image token j (a fused token gets the spare cell H*W, cut at
+    the end); `values` holds what each cell last was, so dropped cells keep their value.
+    """
+
+    def __init__(self, x: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int]) -> None:
+        B, N, C = x.shape
+        self.p = num_prefix_tokens
+        self.cells = grid[0] * grid[1]
+        self.pos = torch.arange(N - self.p, device=x.device).expand(B, -1)
+        self.values = x.new_zeros(B, self.cells + 1, C)
+
+    def _scatter(self, values: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        idx = self.pos.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+        return values.scatter(1, idx, tokens[:, self.p:])
+
+    def drop(self, kept: torch.Tensor | None, at_reorg: torch.Tensor, out: torch.Tensor) -> None:
+        """After a block: `kept` image-token indices (None: none dropped), tokens at the drop, block output."""
+        if kept is None:
+            return
+        self.values = self._scatter(self.values, at_reorg)  # every token's value when the block dropped some
+        self.pos = self.pos.gather(1, kept)
+        extra = out.shape[1] - self.p - kept.shape[1]
+        if extra > 0:  # a fused token follows the kept ones: the spare cell
+            self.pos = torch.cat([self.pos, torch.full_like(self.pos[:, :1], self.cells).expand(-1, extra)], dim=1)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` (prefix + surviving tokens) -> prefix + one token per grid cell."""
+        cells = self._scatter(self.values, x)[:, :self.cells]
+        return torch.cat([x[:, :self.p], cells], dim=1)
 
 
 class IsotropicBackbone(ZooModel):
@@ -368,6 +451,15 @@ class IsotropicBackbone(ZooModel):
             dict(num_chs=int(embed_dim), reduction=reduction, module=f"blocks.{i}") for i in range(len(self.blocks))
         ]
         self.grad_checkpointing = False
+
+    def _init_family_weights(self) -> None:
+        """ViT's init: position embedding trunc_normal(0.02), CLS token normal(1e-6), Linear/LayerNorm as ViT."""
+        from ._init import init_linear_layernorm
+        if getattr(self, "pos_embed", None) is not None:
+            trunc_normal_(self.pos_embed, std=0.02)
+        if getattr(self, "cls_token", None) is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        self.apply(init_linear_layernorm)
 
     def check_img_size(self, height: int, width: int) -> None:
         if self.fixed_input_size is not None and (height, width) != tuple(self.fixed_input_size):
@@ -421,18 +513,37 @@ class IsotropicBackbone(ZooModel):
             output_fmt: str = "NCHW",
             intermediates_only: bool = False,
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Block outputs at `indices` as NCHW/NHWC maps (NLC when tokens were dropped), and the final tokens."""
+        """Block outputs at `indices` as NCHW/NHWC maps (or NLC), and the final tokens.
+
+        Blocks that drop tokens (EViT's `forward_tracked`) still give dense maps: each kept token goes
+        back to its grid position, a dropped one keeps the value it had when it was dropped.
+        """
         if output_fmt not in ("NCHW", "NHWC", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         grid = (x.shape[-2] // self.input_divisor, x.shape[-1] // self.input_divisor)
         x = self.embed(x)
         blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
+        tracker = _DenseTokens(x, self.num_prefix_tokens, grid) if output_fmt != "NLC" and any(
+            hasattr(b, "forward_tracked") for b in blocks) else None
         intermediates = []
         for i, blk in enumerate(blocks):
-            x = blk(x)
+            fn = blk.forward_tracked if tracker is not None and hasattr(blk, "forward_tracked") else blk
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                out = checkpoint(fn, x, use_reentrant=False)
+            else:
+                out = fn(x)
+            if isinstance(out, tuple):
+                x = out[0]
+                tracker.drop(out[1], out[2], x)
+            else:
+                x = out
             if i in take_indices:
-                intermediates.append(self._tokens_to_fmt(self.norm(x) if norm else x, grid, output_fmt))
+                if tracker is not None:
+                    dense = tracker.dense(x)
+                    intermediates.append(self._tokens_to_fmt(self.norm(dense) if norm else dense, grid, output_fmt))
+                else:
+                    intermediates.append(self._tokens_to_fmt(self.norm(x) if norm else x, grid, output_fmt))
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
@@ -448,8 +559,24 @@ class IsotropicBackbone(ZooModel):
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
-            self.reset_classifier(0, "")
+            self._prune_head()
         return take_indices
+
+
+class ZooFeatureGetterNet(FeatureGetterNet):
+    """timm's FeatureGetterNet with `set_grad_checkpointing`, as timm's FeatureListNet has.
+
+    Detection / segmentation pipelines call it on the backbone they get from `features_only=True`;
+    the wrapped model checkpoints inside `forward_intermediates`.
+    """
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return bool(getattr(self.model, "grad_checkpointing", False))
 
 
 def build_zoo_model(
@@ -462,11 +589,11 @@ def build_zoo_model(
 ) -> nn.Module:
     """timm's `build_model_with_cfg` with the zoo's defaults: filtered weights, features via intermediates.
 
-    `features_only=True` returns a FeatureGetterNet over `forward_intermediates` (NCHW maps at
+    `features_only=True` returns a ZooFeatureGetterNet over `forward_intermediates` (NCHW maps at
     `out_indices`, default `default_out_indices`: all four stages of a pyramid; the last n
     blocks, given as an int, of an isotropic model).
     """
-    feature_cfg = dict(feature_cls="getter", out_indices=kwargs.pop("out_indices", default_out_indices))
+    feature_cfg = dict(feature_cls=ZooFeatureGetterNet, out_indices=kwargs.pop("out_indices", default_out_indices))
     model = build_model_with_cfg(
         model_cls,
         variant,

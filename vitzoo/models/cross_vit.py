@@ -283,6 +283,9 @@ class CrossViT(ZooModel):
         ]
         self.grad_checkpointing = False
 
+        self._init_family_weights()
+
+    def _init_family_weights(self) -> None:
         for b in range(self.num_branches):
             trunc_normal_(getattr(self, f"pos_embed_{b}"), std=0.02)
             trunc_normal_(getattr(self, f"cls_token_{b}"), std=0.02)

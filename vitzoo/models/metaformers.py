@@ -159,7 +159,10 @@ class MetaFormer(HierarchicalBackbone):
             reductions=[2 ** (i + 2) for i in range(num_stages)], head_hidden_size=hidden,
         )
         if not self.head.norm.weight.is_meta:  # nothing to initialise on 'meta' (and it is slow there)
-            self.apply(self._init_weights)
+            self._init_family_weights()
+
+    def _init_family_weights(self) -> None:
+        self.apply(self._init_weights)
 
     @staticmethod
     def _make_mixer(kind: str, dim: int, proj_drop: float) -> nn.Module:

@@ -59,7 +59,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import Mlp, PatchEmbed, register_notrace_function, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import ClassifierHead, Mlp, PatchEmbed, register_notrace_function, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import generate_default_cfgs
 from torch.utils.checkpoint import checkpoint
 
@@ -366,7 +366,7 @@ class SpectFormer(IsotropicBackbone):
                 x = checkpoint(blk, x, use_reentrant=False)
             else:
                 x = blk(x)
-        if self.num_spectral_layers == len(self.blocks):
+        if x.ndim == 4:  # only spectral blocks (all of them, or a model pruned before the first attention block)
             x = x.flatten(1, 2)
         return self.norm(x)
 
@@ -434,7 +434,16 @@ class SpectFormerH(HierarchicalBackbone):
                                        pool_type=global_pool, aux_head=aux_head, drop_rate=drop_rate)
         self.init_contract(in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, dims=embed_dims,
                            reductions=[4 * 2 ** i for i in range(len(embed_dims))])
+        self._init_family_weights()
+
+    def _init_family_weights(self) -> None:
         self.apply(_init_h_weights)
+
+    def _prune_head(self) -> None:
+        """A pruned SpectFormer-H has a plain pooling head: the class-attention block and its norm are sized
+        for (and only fed by) the last stage and would take no gradient in a feature extractor."""
+        self.head = ClassifierHead(self.num_features, 0, pool_type="", input_fmt="NHWC")
+        self.num_classes, self.global_pool, self.head_hidden_size = 0, "", self.num_features
 
 
 # ---- official checkpoints --------------------------------------------------------------------
