@@ -314,7 +314,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run")
     for part, sec in DEFAULT_BUDGETS.items():
         p.add_argument(f"--{part.replace('_', '-')}-budget", type=float, default=sec,
-                       help=f"seconds for the {part} part (default {sec})")
+                       help=f"seconds for the {part} part (default {sec}; the model step "
+                            "also gets whatever the earlier parts left)")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
 
