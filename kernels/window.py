@@ -139,25 +139,48 @@ def window_triton_unsupported(head_dim: int, tokens: int, dtype: torch.dtype) ->
 # ----------------------------------------------------------------------------------------------
 # Reference (PyTorch, any device, plain autograd)
 # ----------------------------------------------------------------------------------------------
-def _reference(qkv: Tensor, bias: Optional[Tensor], ws, ss, ms, scale: float) -> Tuple[Tensor, Tensor]:
+def _windows(qkv: Tensor, ws, ss, ms):
+    """q, k, v in window order ``[B, nW, heads, N, d]`` and the place-order permutation."""
     B, Hp, Wp, _, nh, d = qkv.shape
     src = window_source_index(ms, (Hp, Wp), ws, ss, qkv.device)  # [nW, N]
     nw, n = src.shape
     win = qkv.reshape(B, Hp * Wp, 3, nh, d)[:, src.reshape(-1)]
-    q, k, v = win.reshape(B, nw, n, 3, nh, d).permute(3, 0, 1, 4, 2, 5).unbind(0)  # [B, nW, h, N, d]
+    q, k, v = win.reshape(B, nw, n, 3, nh, d).permute(3, 0, 1, 4, 2, 5).unbind(0)
+    return q, k, v, src
+
+
+def _probs(q, k, bias, ws, ss, padded, scale):
     logits = torch.matmul(q, k.transpose(-1, -2)) * scale
     if bias is not None:
         logits = logits + bias.to(logits.dtype)
     if ss[0] or ss[1]:
-        region = window_region_ids((Hp, Wp), ws, ss, qkv.device)
+        region = window_region_ids(padded, ws, ss, q.device)
         mask = (region[:, :, None] != region[:, None, :]).to(logits.dtype) * MASK_VALUE
         logits = logits + mask[:, None]
-    lse = torch.logsumexp(logits.float(), dim=-1)  # [B, nW, h, N]
-    out = torch.matmul(torch.softmax(logits, dim=-1), v)
-    inv = torch.argsort(src.reshape(-1))  # window order -> place order
-    out = out.permute(0, 1, 3, 2, 4).reshape(B, nw * n, nh, d)[:, inv].reshape(B, Hp, Wp, nh, d)
-    lse = lse.permute(0, 1, 3, 2).reshape(B, nw * n, nh)[:, inv].reshape(B, Hp, Wp, nh)
-    return out, lse
+    return torch.softmax(logits, dim=-1), torch.logsumexp(logits.float(), dim=-1)
+
+
+def _to_place(x: Tensor, src: Tensor, shape) -> Tensor:
+    """``[B, nW, heads, N, ...]`` in window order -> place order ``[B, Hp, Wp, heads, ...]``."""
+    B, nw, nh, n = x.shape[:4]
+    x = x.transpose(2, 3).reshape(B, nw * n, nh, *x.shape[4:])
+    return x[:, torch.argsort(src.reshape(-1))].reshape(*shape, nh, *x.shape[3:])
+
+
+def _to_windows(x: Tensor, src: Tensor) -> Tensor:
+    """Place order ``[B, Hp, Wp, heads, ...]`` -> window order ``[B, nW, heads, N, ...]``."""
+    B, Hp, Wp, nh = x.shape[:4]
+    nw, n = src.shape
+    x = x.reshape(B, Hp * Wp, nh, *x.shape[4:])[:, src.reshape(-1)]
+    return x.reshape(B, nw, n, nh, *x.shape[3:]).transpose(2, 3)
+
+
+def _reference(qkv: Tensor, bias: Optional[Tensor], ws, ss, ms, scale: float) -> Tuple[Tensor, Tensor]:
+    B, Hp, Wp = qkv.shape[:3]
+    q, k, v, src = _windows(qkv, ws, ss, ms)
+    p, lse = _probs(q, k, bias, ws, ss, (Hp, Wp), scale)
+    out = torch.matmul(p, v)
+    return _to_place(out, src, (B, Hp, Wp)), _to_place(lse, src, (B, Hp, Wp))
 
 
 def window_reference(qkv: Tensor, bias: Optional[Tensor], window_size: IntOrPair,
@@ -170,14 +193,21 @@ def window_reference(qkv: Tensor, bias: Optional[Tensor], window_size: IntOrPair
 
 
 def _reference_backward(grad_out, qkv, bias, ws, ss, ms, scale):
-    with torch.enable_grad():
-        qkv_ = qkv.detach().requires_grad_()
-        bias_ = None if bias is None else bias.detach().requires_grad_()
-        out = _reference(qkv_, bias_, ws, ss, ms, scale)[0]
-        inputs = [qkv_] if bias_ is None else [qkv_, bias_]
-        grads = torch.autograd.grad(out, inputs, grad_out)
-    dbias = grads[1] if bias is not None else qkv.new_empty(0)
-    return grads[0], dbias
+    """Explicit attention backward (the op's backward runs below autograd: no graph to reuse)."""
+    B, Hp, Wp = qkv.shape[:3]
+    q, k, v, src = _windows(qkv, ws, ss, ms)
+    p, _ = _probs(q, k, bias, ws, ss, (Hp, Wp), scale)
+    out = torch.matmul(p, v)
+    dout = _to_windows(grad_out.to(out.dtype), src)
+    dv = torch.matmul(p.transpose(-1, -2), dout)
+    dp = torch.matmul(dout, v.transpose(-1, -2))
+    ds = p * (dp - (dout * out).sum(-1, keepdim=True))
+    dq = torch.matmul(ds, k) * scale
+    dk = torch.matmul(ds.transpose(-1, -2), q) * scale
+    dqkv = _to_place(torch.stack((dq, dk, dv), dim=4), src, (B, Hp, Wp))  # [B, Hp, Wp, h, 3, d]
+    dqkv = dqkv.transpose(3, 4).contiguous().to(qkv.dtype)
+    dbias = qkv.new_empty(0) if bias is None else ds.sum((0, 1)).to(bias.dtype)
+    return dqkv, dbias
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,7 +288,7 @@ def _window_flop(qkv_shape, bias_shape, window_size, shift_size, map_size, scale
 
 
 @register_flop_formula(torch.ops.vitzoo.window_attention_backward)
-def _window_backward_flop(grad_out_shape, qkv_shape, bias_shape, out_shape, lse_shape,
+def _window_backward_flop(grad_out_shape, qkv_shape, bias_shape, out_shape_, lse_shape,
                           window_size, *args, **kwargs) -> int:
     return 2 * window_flops(qkv_shape, window_size)
 
