@@ -94,7 +94,6 @@ CALLS: Dict[str, Callable[[], None]] = {
     "na2d_fp32": _na2d_call("float32", _NA_SHAPES[:2]),
     "routed_bf16": _routed_call("bfloat16", _ROUTED_SHAPES),
     "window_bf16": _window_call("bfloat16", _WINDOW_SHAPES),
-    "window_fp32": _window_call("float32", _WINDOW_SHAPES[1:2] + _WINDOW_SHAPES[-1:]),
 }
 
 
