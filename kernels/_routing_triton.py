@@ -12,9 +12,10 @@ region is token ``s % w2`` of region ``r_idx[b, r, s // w2]`` (the official gath
   (natural log). No gathered K/V tensor exists.
 * backward: ``delta = rowsum(dO * O)`` kernel; dQ with the same gather, recomputing P from the
   LSE; dK/dV through the inverse routing: program = (batch * key region j, key block, head)
-  loops over the query regions ``i`` and skips (uniform scalar branch) unless ``i`` routed to
-  ``j``; ``counts[b, i, j]`` (built in torch) also weighs a region listed twice. Every output
-  element is written by one program: deterministic, no atomics.
+  walks the list of query regions that chose ``j`` (a CSR built in torch by a stable sort of
+  ``r_idx``: no loop over unrouted regions), stacking ``64 // w2`` of them per 64-row query block
+  so that w2 = 4 / 16 regions still fill the MMAs. A region listed twice counts twice, as in the
+  gather. Every output element is written by one program: deterministic, no atomics.
 
 fp32 inputs use IEEE dots (``IEEE`` constexpr; TF32 would miss the 1e-4 tests); fp16/bf16 cast P
 and dS to the input dtype before the second GEMM. Every dot has M, N, K >= 16.
@@ -68,7 +69,7 @@ def _load_rows(base, rows, d, D: tl.constexpr, BLOCK_D: tl.constexpr):
 def _routed_fwd_kernel(
     Q, K, V, RIDX, O, LSE,
     sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
-    NH, NWIN, HR, WR, TOPK, qk_scale,
+    NH, NWIN: tl.constexpr, HR: tl.constexpr, WR: tl.constexpr, TOPK: tl.constexpr, qk_scale,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, EMU: tl.constexpr,
 ):
@@ -132,7 +133,7 @@ def _routed_bwd_delta(O, DO, DELTA, ROWS, DV: tl.constexpr, BLOCK_DV: tl.constex
 def _routed_bwd_dq_kernel(
     Q, K, V, RIDX, DO, LSE, DELTA, DQ,
     sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
-    NH, NWIN, HR, WR, TOPK, qk_scale, scale,
+    NH, NWIN: tl.constexpr, HR: tl.constexpr, WR: tl.constexpr, TOPK: tl.constexpr, qk_scale, scale,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, EMU: tl.constexpr,
 ):
@@ -177,9 +178,9 @@ def _routed_bwd_dq_kernel(
 
 @triton.jit
 def _routed_bwd_dkdv_kernel(
-    Q, K, V, COUNTS, DO, LSE, DELTA, DK, DV_OUT,
+    Q, K, V, INV, OFFS, DO, LSE, DELTA, DK, DV_OUT,
     sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
-    NH, NWIN, HR, WR, qk_scale, scale,
+    NH, NWIN: tl.constexpr, HR: tl.constexpr, WR: tl.constexpr, TOPK: tl.constexpr, qk_scale, scale,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, EMU: tl.constexpr,
 ):
@@ -200,32 +201,49 @@ def _routed_bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, BLOCK_DQK], tl.float32)
     dvacc = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     q_base = Q + b * sqb + h * sqn
-    c_base = COUNTS + b * R * R + j
+    inv_base = INV + b * (R * TOPK)
+    e_lo = tl.load(OFFS + b * (R + 1) + j)      # entries [e_lo, e_hi) of the inverse list:
+    e_hi = tl.load(OFFS + b * (R + 1) + j + 1)  # the query regions routed to key region j
+    G = tl.maximum(BLOCK_M // W2, 1)            # query regions stacked in one query block
+    m = tl.arange(0, BLOCK_M)
     row0 = b * (NWIN * HR)
-    for i in range(0, R):
-        c = tl.load(c_base + i * R)            # how often query region i lists key region j
-        if c > 0:
-            for m0 in range(0, W2, BLOCK_M):
-                tq = m0 + tl.arange(0, BLOCK_M)
-                qmask = tq < W2
-                qi, qj = _region_pos(i, tl.minimum(tq, W2 - 1), NWIN, HR, WR)
-                q = _load_rows(q_base, qi * sqh + qj * sqw, dqk, DQK, BLOCK_DQK)
-                tok = ((row0 + qi) * (NWIN * WR) + qj) * NH + h
-                do = _load_rows(DO, tok * DV, dv, DV, BLOCK_DV)
-                lse2 = tl.load(LSE + tok) * 1.4426950408889634
-                delta = tl.load(DELTA + tok)
-                st = _dot(k, tl.trans(q), IEEE, EMU) * qk_scale                      # [N, M]
-                pt = tl.where(qmask[None, :], tl.exp2(st - lse2[None, :]), 0.0)
-                pt = pt * c.to(tl.float32)
-                dvacc += _dot(pt.to(do.dtype), do, IEEE, EMU)
-                dpt = _dot(vv, tl.trans(do), IEEE, EMU)
-                dst = pt * (dpt - delta[None, :])
-                dk += _dot(dst.to(q.dtype), q, IEEE, EMU)
+    for e0 in range(e_lo, e_hi, G):
+        for m0 in range(0, G * W2, BLOCK_M):     # > 1 step only when a region exceeds a block
+            lin = m0 + m
+            entry = e0 + lin // W2
+            qmask = (lin < G * W2) & (entry < e_hi)
+            i = tl.load(inv_base + tl.minimum(entry, e_hi - 1))
+            qi, qj = _region_pos(i, lin % W2, NWIN, HR, WR)
+            q = _load_rows(q_base, qi * sqh + qj * sqw, dqk, DQK, BLOCK_DQK)
+            tok = ((row0 + qi) * (NWIN * WR) + qj) * NH + h
+            do = _load_rows(DO, tok * DV, dv, DV, BLOCK_DV)
+            lse2 = tl.load(LSE + tok) * 1.4426950408889634
+            delta = tl.load(DELTA + tok)
+            st = _dot(k, tl.trans(q), IEEE, EMU) * qk_scale                          # [N, M]
+            pt = tl.where(qmask[None, :], tl.exp2(st - lse2[None, :]), 0.0)
+            dvacc += _dot(pt.to(do.dtype), do, IEEE, EMU)
+            dpt = _dot(vv, tl.trans(do), IEEE, EMU)
+            dst = pt * (dpt - delta[None, :])
+            dk += _dot(dst.to(q.dtype), q, IEEE, EMU)
     tok = ((b * (NWIN * HR) + ki) * (NWIN * WR) + kj) * NH + h
     tl.store(DK + tok[:, None] * DQK + dqk[None, :], (dk * scale).to(DK.dtype.element_ty),
              mask=tmask[:, None] & (dqk < DQK)[None, :])
     tl.store(DV_OUT + tok[:, None] * DV + dv[None, :], dvacc.to(DV_OUT.dtype.element_ty),
              mask=tmask[:, None] & (dv < DV)[None, :])
+
+
+def _inverse_routing(r_idx: Tensor, regions: int) -> Tuple[Tensor, Tensor]:
+    """CSR of the inverse routing: ``inv [B, R*topk]`` lists the query regions that chose each
+    key region, grouped by key region (stable order), and ``offs [B, R+1]`` where key region
+    ``j``'s group starts. A region listed twice by one query region appears twice, so its
+    gradient counts twice, as in the gather. Sort and searchsorted: deterministic."""
+    B, R, topk = r_idx.shape
+    flat = r_idx.reshape(B, R * topk).long()
+    sorted_keys, order = torch.sort(flat, dim=1, stable=True)
+    inv = torch.div(order, topk, rounding_mode="floor").to(torch.int32).contiguous()
+    bounds = torch.arange(regions + 1, device=r_idx.device).expand(B, regions + 1).contiguous()
+    offs = torch.searchsorted(sorted_keys, bounds).to(torch.int32).contiguous()
+    return inv, offs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,6 +255,12 @@ def _interpreted() -> bool:
 
 def _pow2(n: int, lo: int = 16, hi: int = 64) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(1, n))))
+
+
+def _warps(rows: int) -> int:
+    """8 warps for 64-row tiles with two fp32 accumulators (dK/dV): stays well below 255
+    registers per thread without spilling; 4 otherwise."""
+    return 8 if rows >= 64 else 4
 
 
 def _last_dim_contiguous(x: Tensor) -> Tensor:
@@ -292,19 +316,19 @@ def routed_triton_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, r_
     _routed_bwd_delta[(triton.cdiv(rows, 64),)](out, grad_out, delta, rows, DV=g["dv"],
                                                 BLOCK_DV=g["BLOCK_DV"], BLOCK=64, num_warps=4)
     ridx = r_idx.to(torch.int32).contiguous()
-    # counts[b, i, j]: how many of query region i's routed slots point at key region j
-    regions = torch.arange(g["R"], device=r_idx.device, dtype=torch.int32)
-    counts = (ridx.unsqueeze(-1) == regions).sum(2, dtype=torch.int32).contiguous()
     meta = dict(DQK=g["dqk"], DV=g["dv"], BLOCK_DQK=g["BLOCK_DQK"], BLOCK_DV=g["BLOCK_DV"],
                 IEEE=g["IEEE"], EMU=g["EMU"], num_warps=4, num_stages=2)
-    geo = (g["nh"], n_win, g["hr"], g["wr"])
+    geo = (g["nh"], n_win, g["hr"], g["wr"], g["topk"])
     grid = (g["B"] * g["R"], triton.cdiv(g["w2"], g["BLOCK_M"]), g["nh"])
     _routed_bwd_dq_kernel[grid](
-        q, k, v, ridx, grad_out, lse, delta, dq, *_strides(q, k, v), *geo, g["topk"],
+        q, k, v, ridx, grad_out, lse, delta, dq, *_strides(q, k, v), *geo,
         scale * _LOG2E, scale, BLOCK_M=g["BLOCK_M"], BLOCK_N=g["BLOCK_N"], **meta)
-    blk = g["BLOCK_M"]  # key tile of a region and query block of the routed regions: both w2
-    grid = (g["B"] * g["R"], triton.cdiv(g["w2"], blk), g["nh"])
+    inv, offs = _inverse_routing(ridx, g["R"])
+    # key tile = one region's tokens (>= 16 rows); each 64-row query block stacks 64 // w2
+    # routed query regions (w2 = 4 or 16 at BiFormer's later stages), so the MMAs stay full
+    blk_n = g["BLOCK_M"]
+    grid = (g["B"] * g["R"], triton.cdiv(g["w2"], blk_n), g["nh"])
     _routed_bwd_dkdv_kernel[grid](
-        q, k, v, counts, grad_out, lse, delta, dk, dv, *_strides(q, k, v), *geo,
-        scale * _LOG2E, scale, BLOCK_M=blk, BLOCK_N=blk, **meta)
+        q, k, v, inv, offs, grad_out, lse, delta, dk, dv, *_strides(q, k, v), *geo,
+        scale * _LOG2E, scale, BLOCK_M=64, BLOCK_N=blk_n, **dict(meta, num_warps=_warps(blk_n)))
     return dq, dk, dv

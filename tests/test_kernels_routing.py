@@ -296,7 +296,7 @@ def test_interp_child_cases():
     for case in INTERP_CASES:
         _check_triton_case(*case, device="cpu")  # CPU tensors can only run in the interpreter
         print("ok", case, flush=True)
-    # a region listed twice counts twice (the inverse routing keeps counts, not a bitmap)
+    # a region listed twice counts twice (it appears twice in the inverse routing list)
     r_idx = torch.tensor([[[0, 0], [3, 1], [2, 2], [1, 0]]])
     _check_triton_case(1, 4, 8, 2, 2, 2, 16, 16, "float32", device="cpu", r_idx=r_idx)
     print("ok duplicates", flush=True)
