@@ -300,6 +300,11 @@ def test_interp_child_cases():
     r_idx = torch.tensor([[[0, 0], [3, 1], [2, 2], [1, 0]]])
     _check_triton_case(1, 4, 8, 2, 2, 2, 16, 16, "float32", device="cpu", r_idx=r_idx)
     print("ok duplicates", flush=True)
+    # every query region routed to the same two key regions: 49 query regions (4 tokens each)
+    # in key region 0's inverse list = several stacked 64-row query blocks, the last partial
+    hot = torch.tensor([0, 5]).expand(1, 49, 2).contiguous()
+    _check_triton_case(1, 14, 14, 7, 2, 1, 16, 16, "float32", device="cpu", r_idx=hot)
+    print("ok hot regions", flush=True)
     # strided q/k/v views straight from a fused qkv tensor, int32 index
     qkv = torch.randn(1, 8, 8, 3, 2, 16)
     r32 = _routing(1, 2, 2).int()
@@ -321,7 +326,7 @@ def test_triton_interpreter_matches_reference():
     assert res.returncode == 0, log
     assert "1 passed" in res.stdout, log
     assert res.stdout.count("ok (") == len(INTERP_CASES), log
-    assert "ok duplicates" in res.stdout and "ok strided" in res.stdout, log
+    assert all(f"ok {x}" in res.stdout for x in ("duplicates", "hot regions", "strided")), log
 
 
 @pytest.mark.gpu
