@@ -8,7 +8,8 @@ Tile table (``_tile_config``): query/key tiles are ``TH x TW`` positions of one 
 walked in chunks of ``RPC`` rows x ``CW`` columns of keys (forward, dq) or queries (dk/dv).
 
 * groups of at most 8 x 8 (7x7 maps, DiNAT layers with ``k * d = map side``): one 8x8 tile per
-  group and one 64-slot chunk, so the loop runs once (the dense path);
+  group and one 64-slot chunk, so the forward loop runs once (the dense path; the backward
+  takes it in two 32-slot chunks to stay within registers);
 * 1-D maps: 1 x 64 tiles (1 x 32 for head_dim 128);
 * otherwise 8x8 tiles (M = 64) with 16-column chunks (32 when ``TW + k - 1 > 16``) and
   4 / 2 / 1 rows per chunk for head_dim <= 32 / 64 / 128 (2 / 2 / 1 in the backward).
@@ -77,7 +78,8 @@ def tile_config(H: int, W: int, ks: Sequence[int], dil: Sequence[int], head_dim:
         fwd = dict(TH=1, TW=tw, RPC=1, CW=64)
         bwd = dict(TH=1, TW=tw, RPC=1, CW=32)
     elif n_h <= 8 and n_w <= 8:
-        fwd = bwd = dict(TH=8, TW=8, RPC=8, CW=8)
+        fwd = dict(TH=8, TW=8, RPC=8, CW=8)          # one chunk: the whole group
+        bwd = dict(TH=8, TW=8, RPC=4, CW=8)          # two chunks (64 x 64 tiles spill here)
     else:
         wide = 8 + ks[1] - 1 > 16
         cw = 32 if wide else 16

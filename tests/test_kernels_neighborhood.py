@@ -195,22 +195,33 @@ def test_validation_errors():
 
 
 # ----------------------------------------------------------------------------------------------
-# (3) Triton kernels in the interpreter (CPU). Runs in a child process so TRITON_INTERPRET=1 is
-# set before triton (imported by torch) is loaded.
+# (3) Triton kernels in the interpreter (CPU). Runs in child processes so TRITON_INTERPRET=1 is
+# set before triton (imported by torch) is loaded. ``tile`` "4x4" sets VITZOO_NA_TILE so tiny
+# maps span several query/key tiles and the chunk loops run several times; "" = the launcher's
+# own tile table (8x8 tiles, the dense single-chunk path for groups <= 8x8).
 # ----------------------------------------------------------------------------------------------
 INTERP_CASES = [
-    # (B, H, W, heads, ks, dil, rpb, dtype)
-    (1, 5, 6, 2, (3, 3), (1, 1), True, "float32"),     # borders, non-square
-    (1, 9, 7, 1, (3, 3), (3, 2), True, "float32"),     # dilation, non-divisible groups
-    (2, 7, 8, 1, (5, 3), (1, 2), False, "float32"),    # no rpb, rectangular kernel
-    (1, 7, 7, 1, (7, 7), (1, 1), True, "float32"),     # map exactly k
-    (1, 6, 10, 1, (3, 5), (2, 2), True, "float32"),    # map exactly k*d
-    (1, 5, 6, 1, (3, 3), (1, 2), True, "bfloat16"),
+    # (tile, B, H, W, heads, head_dim, ks, dil, rpb, dtype)
+    ("4x4", 1, 5, 6, 2, 16, (3, 3), (1, 1), True, "float32"),     # borders, non-square
+    ("4x4", 1, 9, 7, 1, 16, (3, 3), (3, 2), True, "float32"),     # dilation, unequal groups
+    ("4x4", 2, 13, 10, 1, 8, (5, 3), (2, 3), False, "float32"),   # head_dim 8, rect. kernel
+    ("4x4", 1, 12, 12, 1, 32, (7, 7), (1, 1), True, "float32"),   # k 7: multi-chunk regions
+    ("4x4", 1, 16, 9, 1, 16, (3, 3), (4, 3), True, "float32"),    # dilation 4
+    ("4x4", 1, 14, 14, 1, 64, (7, 7), (2, 2), True, "float32"),   # k*d = map side, head_dim 64
+    ("4x4", 1, 11, 20, 1, 16, (3, 9), (1, 2), True, "float32"),   # wide kernel: column chunks
+    ("", 1, 14, 14, 2, 32, (7, 7), (2, 2), True, "float32"),      # dense path (groups = window)
+    ("", 1, 7, 7, 1, 16, (5, 5), (1, 1), True, "float32"),        # dense path, clamped windows
+    ("", 1, 10, 17, 1, 16, (5, 5), (1, 1), True, "float32"),      # 8x8 tiles
+    ("", 1, 20, 18, 1, 24, (11, 13), (1, 1), True, "float32"),    # k 13: 32-wide chunks
+    ("4x4", 1, 9, 10, 1, 16, (3, 3), (1, 2), True, "bfloat16"),
+    ("", 1, 14, 14, 1, 32, (7, 7), (2, 2), True, "bfloat16"),     # dense path in bf16
+    ("4x4", 1, 8, 9, 1, 16, (5, 3), (1, 1), False, "float16"),
 ]
 
 
-def _check_triton_case(B, H, W, nh, ks, dil, use_rpb, dtype, device):
-    """Triton (forced through the custom op) vs the fp32 reference in values and gradients."""
+def _check_triton_case(tile, B, H, W, nh, hd, ks, dil, use_rpb, dtype, device):
+    """Triton (forced through the custom op) vs the fp64 reference on the same rounded inputs:
+    output and every gradient (1e-4 for fp32, 3e-2 for 16-bit)."""
     import vitzoo.kernels._neighborhood_triton as tri
 
     dtype = getattr(torch, dtype)
@@ -218,11 +229,14 @@ def _check_triton_case(B, H, W, nh, ks, dil, use_rpb, dtype, device):
     fwd, bwd = tri.na2d_triton_forward, tri.na2d_triton_backward
     tri.na2d_triton_forward = lambda *a: calls.append("f") or fwd(*a)
     tri.na2d_triton_backward = lambda *a: calls.append("b") or bwd(*a)
+    old_tile = os.environ.pop("VITZOO_NA_TILE", None)
+    if tile:
+        os.environ["VITZOO_NA_TILE"] = tile
     try:
         g = torch.Generator().manual_seed(B * 100 + H * 10 + W)
-        base = [torch.randn(B, H, W, nh, 16, generator=g) for _ in range(3)]
+        base = [torch.randn(B, H, W, nh, hd, generator=g) for _ in range(3)]
         rpb0 = torch.randn(nh, 2 * ks[0] - 1, 2 * ks[1] - 1, generator=g) if use_rpb else None
-        go = torch.randn(B, H, W, nh, 16, generator=g)
+        go = torch.randn(B, H, W, nh, hd, generator=g)
         q, k, v = (t.to(device, dtype).requires_grad_() for t in base)
         rpb = rpb0.to(device).requires_grad_() if use_rpb else None
         out = na2d(q, k, v, ks, dil, rpb=rpb)
@@ -240,43 +254,129 @@ def _check_triton_case(B, H, W, nh, ks, dil, use_rpb, dtype, device):
             torch.testing.assert_close(a.double().cpu(), b, **tol, msg=lambda m: f"{name}: {m}")
     finally:
         tri.na2d_triton_forward, tri.na2d_triton_backward = fwd, bwd
+        os.environ.pop("VITZOO_NA_TILE", None)
+        if old_tile is not None:
+            os.environ["VITZOO_NA_TILE"] = old_tile
+
+
+def _check_1d_strided_deterministic():
+    """na1d (1 x L map; 1x16 and 1x64 tiles), strided qkv views, bit-identical reruns."""
+    for tile, L, ks, dil in (("4x4", 40, 5, 2), ("", 70, 13, 1)):
+        os.environ.pop("VITZOO_NA_TILE", None)
+        if tile:
+            os.environ["VITZOO_NA_TILE"] = tile
+        q, k, v, rpb = _inputs((2, L, 2, 16), dtype=torch.float64, rpb_shape=(2, 2 * ks - 1))
+        want = na_reference(q, k, v, ks, dil, rpb=rpb)
+        exp = torch.autograd.grad(want.sum(), (q, k, v, rpb))
+        q32, k32, v32, r32 = (t.detach().float().requires_grad_() for t in (q, k, v, rpb))
+        out = na1d(q32, k32, v32, ks, dil, rpb=r32)
+        got = torch.autograd.grad(out.sum(), (q32, k32, v32, r32))
+        torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-4)
+        for a, b in zip(got, exp):
+            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+    os.environ["VITZOO_NA_TILE"] = "4x4"
+    qkv = torch.randn(1, 9, 7, 3, 2, 16).requires_grad_()
+    q, k, v = qkv.unbind(3)                      # heads-last views with a 3x row stride
+    assert not q.is_contiguous()
+    rpb = torch.randn(2, 5, 5, requires_grad=True)
+    out = na2d(q, k, v, 3, (2, 1), rpb=rpb)
+    torch.testing.assert_close(out, na_reference(q, k, v, 3, (2, 1), rpb=rpb), rtol=1e-4,
+                               atol=1e-4)
+    go = torch.randn_like(out)
+    first = torch.autograd.grad(out, (qkv, rpb), go, retain_graph=True)
+    second = torch.autograd.grad(out, (qkv, rpb), go)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    os.environ.pop("VITZOO_NA_TILE", None)
+
+
+def _check_models():
+    """NAT-mini and DiNAT-tiny forward + backward: Triton kernels == the reference path.
+
+    Shrunken depths (every stage kept, dilated and plain blocks alternating in DiNAT) and a 64 px
+    input keep the interpreter run short; the kernels see the models' real heads, head_dim 32,
+    kernel 7, padded small maps and DiNAT's dilations.
+    """
+    import timm
+
+    from vitzoo.models.nat import dinat_dilations
+
+    shrunk = {"vitzoo_nat_mini": dict(depths=(1, 1, 1, 1)),
+              "vitzoo_dinat_tiny": dict(depths=(2, 2, 2, 2),
+                                        dilations=dinat_dilations((2, 2, 2, 2), (8, 4, 2, 1)))}
+    for name, args in shrunk.items():
+        torch.manual_seed(0)
+        model = timm.create_model(name, num_classes=10, drop_path_rate=0.0, **args).eval()
+        x = torch.randn(1, 3, 64, 64)
+        results = {}
+        for mode in ("reference", "triton"):
+            os.environ["VITZOO_KERNELS"] = mode
+            model.zero_grad()
+            out = model(x)
+            out.square().sum().backward()
+            results[mode] = (out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                            if p.grad is not None})
+        os.environ["VITZOO_KERNELS"] = "triton"
+        (ref_out, ref_g), (tri_out, tri_g) = results["reference"], results["triton"]
+        torch.testing.assert_close(tri_out, ref_out, rtol=1e-4, atol=1e-4)
+        assert ref_g.keys() == tri_g.keys() and any("rpb" in n for n in ref_g)
+        for n in ref_g:
+            torch.testing.assert_close(tri_g[n], ref_g[n], rtol=1e-3, atol=1e-4,
+                                       msg=lambda m: f"{name} {n}: {m}")
+        print("ok model", name, flush=True)
 
 
 @pytest.mark.skipif(not IS_CHILD, reason="runs inside test_triton_interpreter_matches_reference")
-def test_interp_child_cases():
+@pytest.mark.parametrize("part", ["ops", "models"])
+def test_interp_child(part):
     assert os.environ.get("TRITON_INTERPRET") == "1"
     assert os.environ.get("VITZOO_KERNELS") == "triton"
-    for case in INTERP_CASES:
-        _check_triton_case(*case, device="cpu")  # CPU tensors can only run in the interpreter
-        print("ok", case, flush=True)
-    # 1-D through the same kernels (a 1 x L map)
-    q, k, v, rpb = _inputs((1, 13, 2, 16), dtype=torch.float32, rpb_shape=(2, 9))
-    out = na1d(q, k, v, 5, 2, rpb=rpb)
-    got = torch.autograd.grad(out.sum(), (q, k, v, rpb))
-    want = na_reference(q, k, v, 5, 2, rpb=rpb)
-    exp = torch.autograd.grad(want.sum(), (q, k, v, rpb))
-    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
-    for a, b in zip(got, exp):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    # strided q/k/v views straight from a fused qkv tensor
-    qkv = torch.randn(1, 6, 5, 3, 2, 16)
-    torch.testing.assert_close(na2d(*qkv.unbind(3), 3, (2, 1)),
-                               na_reference(*qkv.unbind(3), 3, (2, 1)), rtol=1e-4, atol=1e-4)
-    print("ok 1d/strided", flush=True)
+    if part == "ops":
+        for case in INTERP_CASES:
+            _check_triton_case(*case, device="cpu")  # CPU tensors can only run in the interpreter
+            print("ok", case, flush=True)
+        _check_1d_strided_deterministic()
+        print("ok 1d/strided/deterministic", flush=True)
+    else:
+        _check_models()
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 @pytest.mark.skipif(IS_CHILD, reason="parent test")
-def test_triton_interpreter_matches_reference():
+@pytest.mark.parametrize("part", ["ops", "models"])
+def test_triton_interpreter_matches_reference(part):
     env = dict(os.environ, TRITON_INTERPRET="1", VITZOO_KERNELS="triton",
                VITZOO_NA_TEST_CHILD="1", PYTHONWARNINGS="ignore")
+    env.pop("VITZOO_NA_TILE", None)
     cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-           str(Path(__file__).resolve()), "-k", "test_interp_child_cases"]
+           str(Path(__file__).resolve()), "-k", f"test_interp_child and {part}"]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     log = res.stdout[-4000:] + res.stderr[-2000:]
     assert res.returncode == 0, log
     assert "1 passed" in res.stdout, log
-    assert res.stdout.count("ok (") == len(INTERP_CASES) and "ok 1d/strided" in res.stdout, log
+    if part == "ops":
+        assert res.stdout.count("ok (") == len(INTERP_CASES), log
+        assert "ok 1d/strided/deterministic" in res.stdout, log
+    else:
+        assert res.stdout.count("ok model") == 2, log
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+@pytest.mark.parametrize("hw,ks,dil,head_dim", [
+    ((56, 56), (7, 7), (1, 1), 32), ((56, 56), (7, 7), (8, 8), 32), ((14, 14), (7, 7), (1, 1), 64),
+    ((28, 28), (13, 13), (1, 1), 128), ((1, 300), (1, 9), (1, 3), 8), ((12, 40), (3, 11), (2, 1), 16),
+])
+def test_tile_config_dot_shapes(hw, ks, dil, head_dim, monkeypatch):
+    """Every tl.dot has M, N, K >= 16 (Triton 3.1's minimum) in every tile configuration."""
+    from vitzoo.kernels._neighborhood_triton import tile_config
+
+    for tile in ("", "4x4", "2x8"):
+        monkeypatch.setenv("VITZOO_NA_TILE", tile)
+        for cfg in tile_config(*hw, ks, dil, head_dim).values():
+            assert cfg["TH"] * cfg["TW"] >= 16 and cfg["RPC"] * cfg["CW"] >= 16, cfg
+            assert cfg["BLOCK_D"] >= max(16, head_dim), cfg
+    monkeypatch.setenv("VITZOO_NA_TILE", "3x3")
+    with pytest.raises(ValueError, match="VITZOO_NA_TILE"):
+        tile_config(*hw, ks, dil, head_dim)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,12 +385,27 @@ def test_triton_interpreter_matches_reference():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("case", [c[:7] for c in INTERP_CASES] +
-                         [(2, 14, 14, 4, (7, 7), (2, 2), True),
-                          (1, 28, 20, 2, (13, 13), (1, 1), True)])
+@pytest.mark.parametrize("case", [c[:9] for c in INTERP_CASES] +
+                         [("", 2, 14, 14, 4, 32, (7, 7), (2, 2), True),
+                          ("", 2, 56, 56, 2, 32, (7, 7), (1, 1), True),
+                          ("", 1, 28, 20, 2, 128, (13, 13), (1, 1), True)])
 def test_triton_cuda_matches_reference(case, dtype, monkeypatch):
     monkeypatch.setenv("VITZOO_KERNELS", "triton")
     _check_triton_case(*case, dtype, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_triton_cuda_backward_is_deterministic(monkeypatch):
+    monkeypatch.setenv("VITZOO_KERNELS", "triton")
+    q, k, v, rpb = (t.cuda().detach().requires_grad_() if t is not None else None for t in
+                    _inputs((2, 56, 56, 2, 32), dtype=torch.float32, rpb_shape=(2, 13, 13)))
+    q, k, v = (t.to(torch.bfloat16).detach().requires_grad_() for t in (q, k, v))
+    out = na2d(q, k, v, 7, 1, rpb=rpb)
+    go = torch.randn_like(out)
+    first = torch.autograd.grad(out, (q, k, v, rpb), go, retain_graph=True)
+    second = torch.autograd.grad(out, (q, k, v, rpb), go)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
 # ----------------------------------------------------------------------------------------------
