@@ -392,3 +392,15 @@ def test_bench_run_cpu_rows(routing_bench):
     assert all(r["max_abs_diff"] < 1e-5 for r in rows if r["impl"] == "reference")
     assert [c[:3] for c in mod.configs("cuda", False)] == [(56, 2, 64), (28, 4, 128),
                                                           (14, 8, 256)]
+
+
+def test_triton_module_is_imported_lazily():
+    code = ("import sys, torch; import vitzoo.kernels as k; "
+            "q = torch.randn(1, 4, 4, 1, 16); r = torch.zeros(1, 4, 1, dtype=torch.long); "
+            "k.routed_attention(q, q, q, r, 2, 0.25); "
+            "print('vitzoo.kernels._routing_triton' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env={k: v for k, v in os.environ.items()
+                                           if k not in ("VITZOO_KERNELS", "TRITON_INTERPRET")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip().splitlines()[-1] == "False"
