@@ -147,6 +147,7 @@ class BNLinearHead(nn.Module):
         self.in_features = in_features
         self.drop_rate = drop_rate
         self.pool_type = pool_type
+        self.classifier_pool = pool_type or "avg"  # the pool a classifier comes back with after an unpooled head
         self.distillation = distillation
         self.distilled_training = False
         self._build(num_classes, pool_type)
@@ -165,8 +166,13 @@ class BNLinearHead(nn.Module):
         self.dist = BNLinear(width, num_classes, drop=self.drop_rate) if self.distillation and num_classes > 0 else None
 
     def reset(self, num_classes: int, pool_type: Optional[str] = None) -> None:
+        """New classifier; without `pool_type` the pool is kept (an unpooled head gets its last pool back)."""
         if pool_type is not None:
             self.pool_type = pool_type
+        elif not self.pool_type and num_classes > 0:
+            self.pool_type = self.classifier_pool
+        if self.pool_type:
+            self.classifier_pool = self.pool_type
         training = self.training
         self._build(num_classes, self.pool_type)
         self.train(training)

@@ -49,6 +49,7 @@ class MetaFormerHead(nn.Module):
         self.in_features = in_features
         self.hidden_size = hidden_size
         self.num_features = hidden_size or in_features
+        self.classifier_pool = pool_type or "avg"  # the pool a classifier comes back with after an unpooled head
         self._set_pool(pool_type, num_classes)
         self.norm = norm_layer(in_features)
         self.drop = nn.Dropout(drop_rate)
@@ -71,10 +72,17 @@ class MetaFormerHead(nn.Module):
             raise ValueError(f"global_pool {pool_type!r} changes the feature width; use 'avg' or 'max'")
         self.global_pool = pool
         self.flatten = nn.Flatten(1) if pool_type else nn.Identity()
+        if pool_type:
+            self.classifier_pool = pool_type
 
     def reset(self, num_classes: int, pool_type: str | None = None) -> None:
-        """New `fc` with `num_classes` outputs (and pool if given); the norm and hidden layer are kept."""
-        self._set_pool(self.global_pool.pool_type if pool_type is None else pool_type, num_classes)
+        """New `fc` with `num_classes` outputs (and pool if given); the norm and hidden layer are kept.
+
+        Without `pool_type` the pool is kept; a classifier on an unpooled head gets its last pool back.
+        """
+        if pool_type is None:
+            pool_type = self.global_pool.pool_type or (self.classifier_pool if num_classes > 0 else "")
+        self._set_pool(pool_type, num_classes)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def prune(self, in_features: int) -> None:

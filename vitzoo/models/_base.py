@@ -165,6 +165,7 @@ class ZooModel(nn.Module):
         ref = next(self.parameters(), None)
         with factory_defaults(*((ref.device, ref.dtype) if ref is not None else (None, None))):
             self.head.reset(num_classes, pool_type=global_pool)
+        self.head.train(self.head.training)  # new layers follow the model's train/eval mode
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
