@@ -257,7 +257,9 @@ INTERP_CASES = [
     (1, 14, 14, 7, 4, 1, 32, 32, "bfloat16"),
     (1, 28, 28, 7, 2, 1, 16, 16, "bfloat16"),
     (2, 24, 12, 2, 3, 1, 24, 16, "float32"),    # 72 tokens: 2 query blocks, 3 key blocks;
-]                                               # head dims padded (24 -> 32), dv != dqk
+                                                # head dims padded (24 -> 32), dv != dqk
+    (1, 8, 8, 2, 2, 2, 16, 16, "float16"),
+]
 
 
 def _check_triton_case(B, H, W, n_win, topk, nh, dqk, dv, dtype, device, r_idx=None):
