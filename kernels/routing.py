@@ -22,7 +22,6 @@ FlopCounterMode and fvcore see a single op.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
@@ -49,8 +48,8 @@ def _validate(q: Tensor, k: Tensor, v: Tensor, r_idx: Tensor, n_win: int) -> Non
             raise TypeError(f"routed_attention: {name} must be a Tensor, got {type(t).__name__}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 5:
-            raise ValueError(f"routed_attention: {name} must be 5-D heads-last [B, H, W, heads, d], "
-                             f"got shape {tuple(t.shape)}")
+            raise ValueError(f"routed_attention: {name} must be 5-D heads-last "
+                             f"[B, H, W, heads, d], got shape {tuple(t.shape)}")
     if q.shape != k.shape:
         raise ValueError(f"routed_attention: q and k must have the same shape, got "
                          f"{tuple(q.shape)} and {tuple(k.shape)}")
