@@ -104,11 +104,30 @@ def _to_official_metaformer(sd):
     return out
 
 
+def _official_logits(ref: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The official code's head, written out from the papers' repos on timm's weights (an independent
+    re-implementation): PoolFormer v1 (sail-sg/poolformer) GroupNorm(1, eps 1e-5) on the map, then the
+    mean, then fc; ConvFormer/CAFormer (sail-sg/metaformer) mean, LayerNorm(eps 1e-6), then the MlpHead
+    fc1 -> SquaredReLU -> LayerNorm(eps 1e-5, torch's default) -> fc2."""
+    import torch.nn.functional as F
+    feats = ref.forward_features(x)
+    norm = ref.head.norm
+    if isinstance(ref.head.fc, torch.nn.Linear):  # PoolFormer v1
+        pooled = F.group_norm(feats, 1, norm.weight, norm.bias, eps=1e-5).mean([-2, -1])
+        return F.linear(pooled, ref.head.fc.weight, ref.head.fc.bias)
+    pooled = F.layer_norm(feats.mean([-2, -1]), (feats.shape[1],), norm.weight, norm.bias, eps=1e-6)
+    mlp = ref.head.fc
+    h = torch.relu(F.linear(pooled, mlp.fc1.weight, mlp.fc1.bias)) ** 2
+    h = F.layer_norm(h, (h.shape[-1],), mlp.norm.weight, mlp.norm.bias, eps=1e-5)
+    return F.linear(h, mlp.fc2.weight, mlp.fc2.bias)
+
+
 @pytest.mark.parametrize("name,to_official", [
     ("poolformer_s12", _to_official_poolformer_v1),
     ("caformer_s18", _to_official_metaformer),
 ])
-def test_official_layout_loads(name, to_official, fast_timm_init):
+def test_official_layout_loads_with_the_official_computation(name, to_official, fast_timm_init):
+    """An official file switches the model to the official head computation (and timm's file back to timm's)."""
     ref = _timm_reference(name)
     official = to_official(ref.state_dict())
     assert "stem.conv.weight" not in official
@@ -117,7 +136,38 @@ def test_official_layout_loads(name, to_official, fast_timm_init):
     assert back.keys() == ref.state_dict().keys()
 
     ours = _ours_from({"model": official}, name)
-    _assert_same(ref, ours, torch.randn(1, 3, 64, 64))
+    assert ours.official_head
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), _official_logits(ref, x), rtol=1e-5, atol=2e-5)
+        if name.startswith("poolformer_"):  # here the two computations differ visibly (caformer: eps only)
+            assert (ours(x) - ref(x)).abs().max() > 1e-4, "the two computations should differ here"
+            # our own state dict in official mode round-trips
+            again = _ours_from(ours.state_dict(), name)
+            assert again.official_head and "norm.weight" in again.state_dict()
+            torch.testing.assert_close(again(x), ours(x))
+        else:
+            assert ours.head.pre_logits.norm.eps == 1e-5
+    ours.load_state_dict(checkpoint_filter_fn(ref.state_dict(), ours))  # timm's weights: timm's computation
+    assert not ours.official_head
+    _assert_same(ref, ours, x)
+
+
+def test_official_head_flag_and_switch():
+    model = timm.create_model("vitzoo_poolformer_s12", official_head=True).eval()
+    assert isinstance(model.norm, torch.nn.GroupNorm) and model.norm.eps == 1e-5
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        official = model(x)
+        model.set_official_head(False)
+        assert isinstance(model.norm, torch.nn.Identity) and model.head.norm.eps == 1e-6
+        assert not torch.allclose(model(x), official)
+        model.set_official_head(True)
+        torch.testing.assert_close(model(x), official)
+    caformer = timm.create_model("vitzoo_caformer_s18", device="meta")
+    assert caformer.head.pre_logits.norm.eps == 1e-6
+    caformer.set_official_head()
+    assert caformer.head.pre_logits.norm.eps == 1e-5
 
 
 # ---- parameter counts, features, contract ------------------------------------------------------

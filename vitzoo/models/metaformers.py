@@ -86,6 +86,8 @@ class MetaFormer(HierarchicalBackbone):
         output_norm: norm on the pooled features in the head.
         use_mlp_head: classify through an MLP hidden layer (ConvFormer/CAFormer).
         head_mlp_ratio: hidden width of the MLP head / dims[-1].
+        official_head: the official code's head computation instead of timm's (see `set_official_head`);
+            the checkpoint filter switches it on when it loads an official sail-sg file, off for timm's.
     """
 
     output_fmt = "NCHW"
@@ -111,6 +113,7 @@ class MetaFormer(HierarchicalBackbone):
             output_norm: NormFactory = LayerNorm2d,
             use_mlp_head: bool = True,
             head_mlp_ratio: float = 4.0,
+            official_head: bool = False,
     ) -> None:
         super().__init__()
         num_stages = len(depths)
@@ -160,6 +163,36 @@ class MetaFormer(HierarchicalBackbone):
         )
         if not self.head.norm.weight.is_meta:  # nothing to initialise on 'meta' (and it is slow there)
             self._init_family_weights()
+        #: PoolFormer v1 (GroupNorm blocks with bias, no MLP head): the official head norms the map first
+        self._v1_head = not use_mlp_head and norm_layers[0] is GroupNorm1
+        self.official_head = False
+        self.set_official_head(official_head)
+
+    @torch.no_grad()
+    def set_official_head(self, enable: bool = True) -> None:
+        """Switch between timm's head computation (default, what timm's weights were converted for)
+        and the official code's (sail-sg/poolformer, sail-sg/metaformer), keeping the weights.
+
+        PoolFormer v1 official: GroupNorm(1, eps 1e-5) on the last feature map (`self.norm`), then
+        average, then fc; timm: average, then LayerNorm (eps 1e-6). ConvFormer/CAFormer official:
+        the MLP head's LayerNorm has eps 1e-5; timm: 1e-6. PoolFormer v2: the two agree.
+        """
+        enable = bool(enable)
+        if enable == self.official_head:
+            return
+        if self._v1_head:
+            src = self.head.norm if enable else self.norm
+            if isinstance(src, nn.Identity):
+                raise ValueError("set_official_head needs the final norm, which pruning removed")
+            dst = GroupNorm1(self.num_features, eps=1e-5) if enable else LayerNorm2d(self.num_features)
+            dst = dst.to(device=src.weight.device, dtype=src.weight.dtype)
+            if not src.weight.is_meta:
+                dst.weight.copy_(src.weight)
+                dst.bias.copy_(src.bias)
+            self.norm, self.head.norm = (dst, nn.Identity()) if enable else (nn.Identity(), dst)
+        elif self.head.hidden_size and isinstance(self.head.pre_logits, nn.Sequential):
+            self.head.pre_logits.norm.eps = 1e-5 if enable else 1e-6
+        self.official_head = enable
 
     def _init_family_weights(self) -> None:
         self.apply(self._init_weights)
@@ -235,17 +268,27 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     for wrapper in ("state_dict", "model"):
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
             state_dict = state_dict[wrapper]
+    official = None  # which head computation the weights were trained with (None: ours, keep the model's)
     if "network.0.0.mlp.fc1.weight" in state_dict:
-        rename = _poolformer_v1_key
+        rename, official = _poolformer_v1_key, True
     elif "downsample_layers.0.conv.weight" in state_dict:
-        rename = lambda k: _apply_rules(k, _METAFORMER_RULES)  # noqa: E731
+        rename, official = (lambda k: _apply_rules(k, _METAFORMER_RULES)), True  # noqa: E731
     else:  # timm's layout, or already ours (the timm rules leave our names alone)
         rename = lambda k: _apply_rules(k, _TIMM_RULES)  # noqa: E731
+        if getattr(model, "_v1_head", False) and ("norm.weight" in state_dict or "head.norm.weight" in state_dict):
+            official = "norm.weight" in state_dict  # v1: timm's keys (head.norm) or ours in official mode (norm)
+        elif "head.fc.fc1.weight" in state_dict:
+            official = False  # timm's MLP head
+    if official is not None and hasattr(model, "set_official_head"):
+        model.set_official_head(official)
+    v1_map_norm = getattr(model, "_v1_head", False) and getattr(model, "official_head", False)
 
     target = model.state_dict()
     out = {}
     for k, v in state_dict.items():
         k = rename(k)
+        if v1_map_norm and k.startswith("head.norm."):  # the official v1 norm runs on the map: ours is `norm`
+            k = k[len("head."):]
         ref = target.get(k)
         if ref is not None and v.shape != ref.shape and v.numel() == ref.numel():
             v = v.reshape(ref.shape)
