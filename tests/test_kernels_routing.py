@@ -406,3 +406,19 @@ def test_triton_module_is_imported_lazily():
                                            if k not in ("VITZOO_KERNELS", "TRITON_INTERPRET")})
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_triton_refuses_unsupported_head_dims(monkeypatch):
+    """The dispatch reason names the head dim; auto mode falls back to the reference."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")   # lets CPU tensors pass the device check
+    monkeypatch.setenv("VITZOO_KERNELS", "triton")
+    r_idx = _routing(1, 2, 1)
+    for dqk, dv, bad in ((12, 16, "qk head_dim 12"), (16, 136, "v head_dim 136"),
+                         (8, 16, "qk head_dim 8")):
+        q, k, v = _inputs(1, 4, 4, 1, dqk, dv, dtype=torch.float32, grad=False)
+        with pytest.raises(RuntimeError, match=f"{bad} is not a multiple of 8 in \\[16, 128\\]"):
+            routed_attention(q, k, v, r_idx, 2, 0.25)
+    monkeypatch.setenv("VITZOO_KERNELS", "auto")
+    q, k, v = _inputs(1, 4, 4, 1, 12, 16, dtype=torch.float32, grad=False)
+    assert routed_attention(q, k, v, r_idx, 2, 0.25).shape == (1, 4, 4, 1, 16)
