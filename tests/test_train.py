@@ -150,7 +150,7 @@ def test_corrupt_image_names_file(data, tmp_path):
     with open(bad, 'wb') as f:
         f.write(b'\x89PNG\r\n\x1a\n not really a png')
     with pytest.raises(train_imagenet.CorruptImageError, match=r'broken\.png'):
-        run(data, tmp_path / 'out', '-b', '18')  # one batch holds every image
+        run(data, tmp_path / 'out', '-b', '18', '--strict-data')  # one batch holds every image
 
 
 def test_cli_error_is_one_line(tmp_path):

@@ -62,12 +62,19 @@ def count_flops_torch(model: nn.Module, x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+def _custom_ops() -> set:
+    """Names (without namespace) of the custom ops that have fvcore handles, e.g. 'na2d'."""
+    return {k.split("::", 1)[1] for k in _zoo_fvcore_handles() if not k.startswith("aten::")}
+
+
 def _kind(op: str, fvcore: bool) -> str:
     """The comparison bucket of an op name (fvcore: 'linear'; torch: 'aten.addmm', 'vitzoo.na2d')."""
     if not fvcore:
         namespace, _, op = op.partition(".")
         if namespace != "aten":
             return op  # a custom op: fvcore names it without its namespace
+    elif op in _custom_ops():
+        return op
     if op in (_MATMUL_FV if fvcore else _MATMUL_TORCH) or "attention" in op:
         return "matmul"
     if op in _CONV or op.startswith("conv"):

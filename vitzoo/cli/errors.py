@@ -1,0 +1,43 @@
+"""The errors the command-line programs turn into one line and an exit code.
+
+Exit codes (documented in the README):
+  0   finished
+  1   a run-time problem the user can fix (data, checkpoint, model, divergence)
+  2   a bad argument or config value (the key and the expected type are named)
+  130 / 143 stopped by SIGINT / SIGTERM after writing a recovery checkpoint
+"""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class ConfigError(ValueError):
+    """A bad command-line argument or YAML recipe value (exit code 2)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely or does not fit the model."""
+
+
+class DataError(ValueError):
+    """A dataset problem found before or during training."""
+
+
+class DivergenceError(FloatingPointError):
+    """The loss or the weights became non-finite."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a recovery checkpoint was written."""
+
+    def __init__(self, signum: int, path: str | None):
+        self.signum, self.path = signum, path
+        super().__init__(f'stopped by signal {signum}; recovery checkpoint: {path}')
+
+
+def one_line(err: BaseException) -> str:
+    """The message's last non-empty line (a DataLoader worker's error carries a traceback)."""
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
