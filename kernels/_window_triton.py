@@ -260,14 +260,23 @@ def _win_bwd_blocked_kernel(
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-def launch_config(tokens: int, head_dim: int, block: Optional[int] = None) -> Tuple[int, int, int]:
-    """(BLOCK, NB, BLOCK_D) for a window of ``tokens`` tokens: one block of up to 64 (32 for
-    head_dim > 64) when it fits, else ``NB`` blocks of that size. ``block`` forces a block size
-    (tests use it to run the multi-block kernels on small windows)."""
+def launch_config(tokens: int, head_dim: int, block: Optional[int] = None,
+                  backward: bool = False) -> Tuple[int, int, int]:
+    """(BLOCK, NB, BLOCK_D) for a window of ``tokens`` tokens.
+
+    Forward: one block of up to 64 tokens (32 for head_dim > 64), else ``NB`` such blocks.
+    Backward: the one-block kernel for up to 64 tokens at head_dim <= 32 (every Swin window 7);
+    otherwise blocks of 32 (a 64-token block spills at head_dim 64 on sm_80, and 144 tokens fill
+    5 x 32 slots better than 3 x 64). ``block`` forces a block size (tests use it to run the
+    multi-block kernels on small windows). Every ``tl.dot`` dimension stays >= 16.
+    """
     block_d = max(16, triton.next_power_of_2(head_dim))
-    cap = 64 if head_dim <= 64 else 32
     if block is None:
-        block = max(16, min(cap, triton.next_power_of_2(tokens)))
+        fits = max(16, triton.next_power_of_2(tokens))
+        if backward:
+            block = fits if fits <= 64 and head_dim <= 32 else min(fits, 32)
+        else:
+            block = min(fits, 64 if head_dim <= 64 else 32)
     return block, triton.cdiv(tokens, block), block_d
 
 
@@ -342,7 +351,7 @@ def window_triton_backward(grad_out: Tensor, qkv: Tensor, bias: Optional[Tensor]
     B, HP, WP, _, NH, D = qkv.shape
     geo, nwtot = _geometry(qkv, window, shift, map_size)
     N = geo["N"]
-    block, nb, block_d = launch_config(N, D, _block_override())
+    block, nb, block_d = launch_config(N, D, _block_override(), backward=True)
     np_ = nb * block
     bias2 = _padded_bias(bias, NH, N, np_, qkv.device)
     nslot = slots or _num_slots(qkv.device, nwtot, NH)
