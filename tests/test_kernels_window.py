@@ -282,6 +282,19 @@ def _check_swin_parity(device):
     x = torch.randn(1, 3, 56, 56)
     with torch.no_grad():
         torch.testing.assert_close(m(x.to(device)).cpu(), t(x), rtol=0, atol=1e-4)
+    # dynamic_img_size: odd maps (15x9, 8x5, ...) padded inside the windows
+    from timm.models.swin_transformer import SwinTransformer as TimmSwin
+
+    from vitzoo.models.swin import SwinTransformer
+    small = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7,
+                 dynamic_img_size=True, num_classes=5)
+    t = TimmSwin(**small).eval()
+    m = SwinTransformer(**small)
+    m.load_state_dict(checkpoint_filter_fn(t.state_dict(), m))
+    m = m.to(device).eval()
+    x = torch.randn(1, 3, 60, 36)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x.to(device)).cpu(), t(x), rtol=0, atol=1e-4)
     # small Swin with padded stages (40 px: maps 10, 5, 3, 2 -> windows 4 shifted over 12)
     torch.manual_seed(1)
     small = timm.create_model("vitzoo_swin_tiny_patch4_window7_224", img_size=40, window_size=4,
