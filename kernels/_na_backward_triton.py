@@ -122,6 +122,7 @@ def _na_bwd_dq_kernel(
     KH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr, RPC: tl.constexpr,
     CW: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, NCW: tl.constexpr,
+    BIN_RPB: tl.constexpr, UP: tl.constexpr, XP: tl.constexpr,
 ):
     gh, gw, th, tw, nh, nw = tile_of_program(tl.program_id(0), H, W, DH, DW, NTH, NTW)
     if (th * TH >= nh) | (tw * TW >= nw):
@@ -162,6 +163,8 @@ def _na_bwd_dq_kernel(
     v_base = V + b * svb + h * svn
     ds_base = DS + tok * (KH * KW)
     dq = tl.zeros([TH * TW, BLOCK_D], tl.float32)
+    db = tl.zeros([UP, XP], tl.float32)
+    rr_base = r0 - th * TH + (KH - 1)                # bias row of (first region row, tile row 0)
     n_cc = (c1 - c0 + CW - 1) // CW
     for it in range(0, ((r1 - r0 + RPC - 1) // RPC) * n_cc):
         ic = it % n_cc
@@ -185,8 +188,39 @@ def _na_bwd_dq_kernel(
         ds = p * (dp - delta[:, None])
         dq += mma(ds.to(kt.dtype), kt, PREC, UPCAST)
         if HAS_RPB:
-            slot = (kr[None, :] - si[:, None]) * KW + (kc[None, :] - sj[:, None])
-            tl.store(ds_base[:, None] + slot, ds, mask=inwin)
+            if BIN_RPB:
+                db += _bin_bias_grad(ds, kt.dtype, rr_base + (it // n_cc) * RPC,
+                                     delta_c + ic * CW, TH, TW, RPC, CW, UP, XP, PREC, UPCAST)
+            else:
+                slot = (kr[None, :] - si[:, None]) * KW + (kc[None, :] - sj[:, None])
+                tl.store(ds_base[:, None] + slot, ds, mask=inwin)
 
     tl.store(DQ + tok[:, None] * HEAD_DIM + d[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=q2)
+    if HAS_RPB:
+        if BIN_RPB:
+            part = DS + (pid_bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * (UP * XP)
+            tl.store(part + tl.arange(0, UP)[:, None] * XP + tl.arange(0, XP)[None, :], db)
+
+
+@triton.jit
+def _bin_bias_grad(ds, dtype: tl.constexpr, u0, x0, TH: tl.constexpr, TW: tl.constexpr, RPC: tl.constexpr,
+                   CW: tl.constexpr, UP: tl.constexpr, XP: tl.constexpr, PREC: tl.constexpr,
+                   UPCAST: tl.constexpr):
+    """``[UP, XP]`` bias-gradient bins of one dS chunk, on tensor cores, with no atomics.
+
+    ``ds[(qr, a), (j, col)]`` belongs to bias cell ``(u0 + j - qr, x0 + col - a)``. Regroup it
+    as ``[(qr, j), (a, col)]``, sum the columns into ``x`` with the band matrix
+    ``C[(a, col), x] = 1[x0 + col - a = x]``, then the rows into ``u`` with
+    ``Y[u, (qr, j)] = 1[u0 + j - qr = u]``. Pairs outside the window have ``dS = 0``. The first
+    product rounds dS to the input dtype (as FA2 does for dQ/dK); the second is exact in fp32.
+    """
+    d2 = tl.reshape(tl.permute(tl.reshape(ds, [TH, TW, RPC, CW]), (0, 2, 1, 3)),
+                    [TH * RPC, TW * CW])
+    ac = tl.arange(0, TW * CW)
+    band = (x0 + ac % CW - ac // CW)[:, None] == tl.arange(0, XP)[None, :]
+    # via fp32: Triton 3.8's interpreter turns bool -> bf16 into zeros
+    z = mma(d2.to(dtype), band.to(tl.float32).to(dtype), PREC, UPCAST)                         # [(qr, j), XP]
+    rj = tl.arange(0, TH * RPC)
+    rows = tl.arange(0, UP)[:, None] == (u0 + rj % RPC - rj // RPC)[None, :]
+    return tl.dot(rows.to(tl.float32), z, input_precision="ieee")        # [UP, XP]

@@ -72,7 +72,8 @@ def tile_config(H: int, W: int, ks: Sequence[int], dil: Sequence[int], head_dim:
         th, tw = override
         if H == 1:
             th, tw = 1, th * tw
-        fwd = bwd = dict(TH=th, TW=tw, RPC=2 if th > 1 else 1, CW=8 if th > 1 else 16)
+        fwd = dict(TH=th, TW=tw, RPC=2 if th > 1 else 1, CW=8 if th > 1 else 16)
+        bwd = dict(fwd, RPC=max(2, 16 // th)) if th > 1 else fwd   # TH*RPC >= 16: d(rpb) bins
     elif H == 1:
         tw = 32 if block_d >= 128 else 64
         fwd = dict(TH=1, TW=tw, RPC=1, CW=64)
@@ -213,9 +214,19 @@ def na2d_triton_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb:
     dk = torch.empty(k.shape, dtype=k.dtype, device=q.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=q.device)
     has_rpb = rpb is not None
-    ds = (torch.empty((B, H, W, NH, kh * kw), dtype=torch.float32, device=q.device)
-          if has_rpb else torch.zeros(1, dtype=torch.float32, device=q.device))
     grid, nth, ntw = _grid(H, W, (dh, dw), cfg, B * NH)
+    # d(rpb): binned in each dq program into a [UP, XP] partial (tl.dot with band matrices),
+    # which needs TH * RPC >= 16 rows; 1-D tiles store the in-window dS compactly instead.
+    bins = dict(BIN_RPB=has_rpb and cfg["TH"] * cfg["RPC"] >= 16,
+                UP=max(16, triton.next_power_of_2(2 * kh - 1)),
+                XP=max(16, triton.next_power_of_2(2 * kw - 1)))
+    if not has_rpb:
+        ds = torch.zeros(1, dtype=torch.float32, device=q.device)
+    elif bins["BIN_RPB"]:   # zeros: programs past their group's end exit without storing
+        ds = torch.zeros((B, NH, grid[0], bins["UP"], bins["XP"]), dtype=torch.float32,
+                         device=q.device)
+    else:
+        ds = torch.empty((B, H, W, NH, kh * kw), dtype=torch.float32, device=q.device)
     common = (*_strides(q), *_strides(k), *_strides(v), H, W, NH, dh, dw, nth, ntw,
               float(scale) * _LOG2E, float(scale))
     meta = dict(KH=kh, KW=kw, HAS_RPB=has_rpb, HEAD_DIM=D, enable_fp_fusion=True,
@@ -224,8 +235,12 @@ def na2d_triton_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb:
     _na_bwd_dkdv_kernel[grid](q, k, v, rpb_inv, grad_out, lse, delta, dk, dv, *common,
                               NCW=ncw_inv, **meta)
     rpb2, ncw = _rpb_expanded(rpb, q, cfg, inverse=False)
-    _na_bwd_dq_kernel[grid](q, k, v, rpb2, grad_out, lse, delta, dq, ds, *common, NCW=ncw, **meta)
-    if has_rpb:
+    _na_bwd_dq_kernel[grid](q, k, v, rpb2, grad_out, lse, delta, dq, ds, *common, NCW=ncw,
+                            **bins, **meta)
+    if has_rpb and bins["BIN_RPB"]:   # fixed-order sum of the per-program partials
+        drpb = ds.sum((0, 2), dtype=torch.float64)[:, :2 * kh - 1, :2 * kw - 1]
+        drpb = drpb.to(rpb.dtype).reshape(rpb.shape)
+    elif has_rpb:
         drpb = _reduce_bias_grad(ds, H, W, NH, (kh, kw), (dh, dw)).to(rpb.dtype).view(rpb.shape)
     else:
         drpb = q.new_empty(0)

@@ -32,11 +32,13 @@ def _randn(*shape, dtype, grad=True):
     return torch.randn(*shape, dtype=dtype).requires_grad_(grad)
 
 
-def _na2d_call(dtype_name: str, shapes) -> Callable[[], None]:
+def _na2d_call(dtype_name: str, shapes, fp32_precision: str = "") -> Callable[[], None]:
     def call():
         import torch
         from vitzoo.kernels import na2d
         dtype = getattr(torch, dtype_name)
+        if fp32_precision:  # IEEE fp32 dots (the default) have no tensor-core form
+            os.environ["VITZOO_NA_FP32_PRECISION"] = fp32_precision
         for (B, H, W, nh, d, ks, dil, with_rpb) in shapes:
             q, k, v = (_randn(B, H, W, nh, d, dtype=dtype) for _ in range(3))
             rpb = _randn(nh, 2 * ks - 1, 2 * ks - 1, dtype=torch.float32) if with_rpb else None
@@ -91,7 +93,7 @@ _ROUTED_SHAPES = [(2, 56, 56, 7, 1, 2, 32), (2, 28, 28, 7, 4, 4, 32), (2, 14, 14
 
 CALLS: Dict[str, Callable[[], None]] = {
     "na2d_bf16": _na2d_call("bfloat16", _NA_SHAPES),
-    "na2d_fp32": _na2d_call("float32", _NA_SHAPES[:2]),
+    "na2d_fp32_tf32": _na2d_call("float32", _NA_SHAPES[:2], fp32_precision="tf32"),
     "routed_bf16": _routed_call("bfloat16", _ROUTED_SHAPES),
     "window_bf16": _window_call("bfloat16", _WINDOW_SHAPES),
 }
