@@ -2,7 +2,7 @@
 """`make demo`: train a small zoo model on handwritten digits on the CPU, then profile the zoo.
 
 1. exports scikit-learn's bundled 8x8 digits to data/digits/{train,val} (once, no download);
-2. trains a shrunken `vitzoo_poolformer_s12` with train_imagenet.py and configs/demo_digits.yaml
+2. trains a shrunken `vitzoo_poolformer_s12` with train_imagenet.py and configs/demo/digits.yaml
    (about two minutes on two cores) and prints its validation top-1; exits 1 below 90%;
 3. prints parameters, GMACs and CPU latency of a few zoo models at 224x224.
 
@@ -29,7 +29,7 @@ import train_imagenet  # noqa: E402
 from export_digits import export_digits  # noqa: E402
 from profile_models import markdown_table, profile_model  # noqa: E402
 
-CONFIG = os.path.join(ROOT, 'configs', 'demo_digits.yaml')
+CONFIG = os.path.join(ROOT, 'configs', 'demo', 'digits.yaml')
 DEMO_MODEL = 'vitzoo_poolformer_s12'
 # used only while the zoo model is missing (e.g. a partial checkout): a tiny timm convnet
 FALLBACK_MODEL, FALLBACK_KWARGS = 'test_convnext', []

@@ -18,6 +18,10 @@ ALIASES = {
     'nat_mini_in1k': 'nat/nat_mini',
     'deit_small_evit_in1k': 'evit/evit_deit_small_patch16_224',
     'demo_digits': 'demo/digits',
+    'biformer_tiny_in1k': 'biformer/biformer_tiny',
+    'biformer_small_in1k': 'biformer/biformer_small',
+    'biformer_base_in1k': 'biformer/biformer_base',
+    'biformer_stl_in1k': 'biformer/biformer_stl',
 }
 
 
