@@ -27,6 +27,7 @@ from .neighborhood import (na1d, na2d, na_flops, na_reference, neighbor_index, r
                            window_start)
 from .window import window_attention, window_flops, window_reference, window_source_index
 from .routing import routed_attention, routed_attention_flops, routed_reference
+from .onnx import exportable, onnx_decompositions, register_onnx_decomposition  # after the ops it registers
 
 __all__ = [
     "na1d", "na2d", "na_reference", "na_flops", "window_start", "neighbor_index", "rpb_index",
@@ -34,4 +35,5 @@ __all__ = [
     "window_attention", "window_reference", "window_flops", "window_source_index",
     "fvcore_handles", "sdpa_macs", "sdpa_backward_macs", "kernel_mode", "select_backend",
     "triton_available", "triton_interpreting",
+    "exportable", "onnx_decompositions", "register_onnx_decomposition",
 ]
