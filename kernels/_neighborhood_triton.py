@@ -14,6 +14,10 @@ walked in chunks of ``RPC`` rows x ``CW`` columns of keys (forward, dq) or queri
 * otherwise 8x8 tiles (M = 64) with 16-column chunks (32 when ``TW + k - 1 > 16``) and
   4 / 2 / 1 rows per chunk for head_dim <= 32 / 64 / 128 (2 / 2 / 1 in the backward).
 
+4 warps, 8 for head_dim 128 (backward: 8 from head_dim 64). The choices were made from the
+registers and spills of sm_90/sm_80 compiles (``tests/test_kernels_compile.py`` prints them);
+no GPU timing has tuned them yet.
+
 ``VITZOO_NA_TILE=RxC`` (tests only) forces small tiles so tiny maps span several tiles and the
 chunk loops run more than once. fp32 inputs use IEEE-precision dots (1e-4 against the reference);
 ``VITZOO_NA_FP32_PRECISION=tf32`` (or ``tf32x3``) selects the faster tensor-float dots.
@@ -58,12 +62,26 @@ def _tile_override() -> Optional[Tuple[int, int]]:
     return th, tw
 
 
-def tile_config(H: int, W: int, ks: Sequence[int], dil: Sequence[int], head_dim: int
-                ) -> Dict[str, Dict[str, int]]:
+def tile_config(H: int, W: int, ks: Sequence[int], dil: Sequence[int], head_dim: int,
+                elem_bytes: int = 2) -> Dict[str, Dict[str, int]]:
     """Tile configuration of one call: ``{"fwd": {...}, "bwd": {...}}`` launch meta-parameters.
 
     Every ``tl.dot`` has M = TH*TW, N = RPC*CW and K = BLOCK_D all >= 16 (Triton 3.1's minimum).
+    fp32 inputs (``elem_bytes`` 4) take chunks of half the rows: their operands need twice the
+    registers.
     """
+    cfg = {name: dict(c) for name, c in _tile_config(H, W, ks, dil, head_dim).items()}
+    if elem_bytes >= 4:
+        for name, c in cfg.items():
+            floor = -(-16 // c["CW"])                                  # N >= 16
+            if name == "bwd" and c["TH"] > 1:
+                floor = max(floor, -(-16 // c["TH"]))                  # d(rpb) bins: TH*RPC >= 16
+            c["RPC"] = max(c["RPC"] // 2, floor)
+    return cfg
+
+
+def _tile_config(H: int, W: int, ks: Sequence[int], dil: Sequence[int], head_dim: int
+                 ) -> Dict[str, Dict[str, int]]:
     block_d = max(16, triton.next_power_of_2(head_dim))
     warps = 8 if block_d >= 128 else 4
     n_h, n_w = -(-H // dil[0]), -(-W // dil[1])
@@ -79,7 +97,8 @@ def tile_config(H: int, W: int, ks: Sequence[int], dil: Sequence[int], head_dim:
         fwd = dict(TH=1, TW=tw, RPC=1, CW=64)
         bwd = dict(TH=1, TW=tw, RPC=1, CW=32)
     elif n_h <= 8 and n_w <= 8:
-        fwd = dict(TH=8, TW=8, RPC=8, CW=8)          # one chunk: the whole group
+        # one chunk, the whole group (two for head_dim 64: registers)
+        fwd = dict(TH=8, TW=8, RPC=4 if block_d == 64 else 8, CW=8)
         bwd = dict(TH=8, TW=8, RPC=4, CW=8)          # two chunks (64 x 64 tiles spill here)
     else:
         wide = 8 + ks[1] - 1 > 16
@@ -90,8 +109,8 @@ def tile_config(H: int, W: int, ks: Sequence[int], dil: Sequence[int], head_dim:
             rpc_f, rpc_b = max(1, rpc_f // 2), max(1, rpc_b // 2)
         fwd = dict(TH=8, TW=8, RPC=rpc_f, CW=cw)
         bwd = dict(TH=8, TW=8, RPC=rpc_b, CW=cw)
-    common = dict(BLOCK_D=block_d, num_warps=warps)
-    return {"fwd": dict(fwd, **common), "bwd": dict(bwd, **common)}
+    return {"fwd": dict(fwd, BLOCK_D=block_d, num_warps=warps),
+            "bwd": dict(bwd, BLOCK_D=block_d, num_warps=8 if block_d >= 64 else 4)}
 
 
 def _grid(H: int, W: int, dil: Sequence[int], cfg: Dict[str, int], batch_heads: int):
@@ -161,7 +180,7 @@ def na2d_triton_forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
     kh, kw, dh, dw = int(ks[0]), int(ks[1]), int(dil[0]), int(dil[1])
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, W, NH), dtype=torch.float32, device=q.device)
-    cfg = tile_config(H, W, (kh, kw), (dh, dw), D)["fwd"]
+    cfg = tile_config(H, W, (kh, kw), (dh, dw), D, q.element_size())["fwd"]
     grid, nth, ntw = _grid(H, W, (dh, dw), cfg, B * NH)
     rpb2, ncw = _rpb_expanded(rpb, q, cfg, inverse=False)
     _na_fwd_kernel[grid](q, k, v, rpb2, out, lse,
@@ -203,7 +222,7 @@ def na2d_triton_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb:
     B, H, W, NH, D = q.shape
     kh, kw, dh, dw = int(ks[0]), int(ks[1]), int(dil[0]), int(dil[1])
     grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
-    cfg = tile_config(H, W, (kh, kw), (dh, dw), D)["bwd"]
+    cfg = tile_config(H, W, (kh, kw), (dh, dw), D, q.element_size())["bwd"]
     rows = B * H * W * NH
     delta = torch.empty((B, H, W, NH), dtype=torch.float32, device=q.device)
     block_r = 64

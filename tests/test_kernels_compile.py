@@ -54,6 +54,9 @@ _NA_SHAPES = [
     (2, 28, 28, 4, 32, 7, 4, True), (2, 14, 14, 8, 32, 7, 1, True),
     (2, 14, 14, 8, 32, 7, 2, True), (2, 7, 7, 16, 32, 7, 1, True),
     (2, 56, 56, 2, 64, 7, 1, False),
+    # the rest of the supported range: head_dim 64/128, dense groups at 64/128, k 11/13
+    (2, 14, 14, 4, 64, 7, 2, True), (2, 14, 14, 4, 128, 7, 2, True),
+    (2, 28, 28, 4, 32, 11, 1, True), (2, 28, 28, 4, 128, 13, 1, True),
 ]
 
 def _window_call(dtype_name: str, shapes) -> Callable[[], None]:
