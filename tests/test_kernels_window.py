@@ -380,3 +380,34 @@ def test_padded_qkv_bias_tokens_take_part(monkeypatch):
     out0 = window_attention(qkv0, bias, 4, 0, (10, 10))
     assert not torch.allclose(out[:, 8:10, :10], out0[:, 8:10, :10])
     torch.testing.assert_close(out[:, :8, :8], out0[:, :8, :8])  # windows without padding
+
+
+def _tiny_swin():
+    import timm
+
+    import vitzoo  # noqa: F401
+    torch.manual_seed(0)
+    return timm.create_model("vitzoo_swin_tiny_patch4_window7_224", img_size=64, embed_dim=16,
+                             depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 4)).eval()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_swin_onnx_export_legacy(tmp_path):
+    """The reference path exports (the fused op is never traced into an export)."""
+    torch.onnx.export(_tiny_swin(), (torch.randn(1, 3, 64, 64),), str(tmp_path / "swin.onnx"),
+                      dynamo=False)
+    assert (tmp_path / "swin.onnx").stat().st_size > 100_000
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_swin_onnx_export_dynamo():
+    """Issue 13: the dynamo exporter used to fail on a view of the head-transposed SDPA output."""
+    pytest.importorskip("onnxscript")
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    m, x = _tiny_swin(), torch.randn(1, 3, 64, 64)
+    proto = torch.onnx.export(m, (x,), dynamo=True).model_proto
+    onnx.checker.check_model(proto)
+    out = ReferenceEvaluator(proto).run(None, {proto.graph.input[0].name: x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(out), m(x).detach(), rtol=1e-4, atol=1e-4)

@@ -80,6 +80,15 @@ def window_attention(
         # [nW, heads, N, N], repeated over images: SDPA wants one batch dim
         attn_bias = (attn_bias + mask.unsqueeze(1)).unsqueeze(0).expand(q.shape[0] // num_win, -1, -1, -1, -1)
         attn_bias = attn_bias.reshape(-1, heads, n, n)
+    exporting = False
+    if not torch.jit.is_scripting():
+        exporting = torch.onnx.is_in_onnx_export()
+    if exporting:
+        # torch.onnx(dynamo=True) traces SDPA with a head-transposed output layout and then
+        # decomposes it to a contiguous one, so the caller's transpose + reshape becomes an
+        # invalid view; the explicit math (timm's default Swin path) exports cleanly
+        attn = torch.softmax((q * scale) @ k.transpose(-2, -1) + attn_bias, dim=-1)
+        return F.dropout(attn, p=dropout_p) @ v
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)
 
 
