@@ -12,7 +12,7 @@ import warnings
 import pytest
 import timm
 import torch
-from zoo_cases import REPRESENTATIVES, input_size
+from zoo_cases import REPRESENTATIVES, SMALL
 
 import vitzoo
 from vitzoo.kernels import exportable
@@ -28,25 +28,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
 ]
 
-#: per representative: kwargs for a shallow model, and the image size
-SMALL = {
-    "vitzoo_swin_tiny_patch4_window7_224": (dict(depths=(1, 1, 1, 1)), 224),
-    "vitzoo_poolformer_s12": (dict(depths=(1, 1, 1, 1)), 64),
-    "vitzoo_poolformerv2_s12": (dict(depths=(1, 1, 1, 1)), 64),
-    "vitzoo_convformer_s18": (dict(depths=(1, 1, 1, 1)), 64),
-    "vitzoo_caformer_s18": (dict(depths=(1, 1, 1, 1)), 64),
-    "vitzoo_nat_mini": (dict(depths=(1, 1, 1, 1)), 64),
-    "vitzoo_dinat_mini": (dict(depths=(2, 2, 2, 2), dilations=((1, 2), (1, 1), (1, 1), (1, 1))), 64),
-    "vitzoo_dinat_s_tiny": (dict(depths=(2, 2, 2, 2), dilations=((1, 2), (1, 1), (1, 1), (1, 1))), 64),
-    "vitzoo_nat_isotropic_small": (dict(depth=2), 64),
-    "vitzoo_biformer_tiny": (dict(depths=(1, 1, 1, 1)), 64),
-    "vitzoo_efficientvit_m0": (dict(img_size=64, depth=(1, 1, 1)), 64),
-    "vitzoo_shvit_s1": (dict(depth=(1, 1, 1)), 64),
-    "vitzoo_spectformer_h_s": (dict(depths=(1, 1, 1, 1), img_size=64), 64),
-    "vitzoo_spectformer_ti": (dict(depth=2, num_spectral_layers=1, img_size=64), 64),
-    "vitzoo_evit_deit_tiny_patch16_224": (dict(img_size=64, depth=4, token_reorg_locs=(1, 2)), 64),
-    "vitzoo_crossvit_tiny_240": (dict(img_size=(120, 120)), 120),
-}
 #: models whose ops only the dynamo exporter translates
 DYNAMO_ONLY = {"vitzoo_spectformer_h_s": "torch.fft.rfft2", "vitzoo_spectformer_ti": "torch.fft.rfft2"}
 #: dynamo export in `make test`: the custom-op families (the op decompositions) and the FFT ones
