@@ -1,6 +1,6 @@
 """FSDP2 (torch.distributed.fsdp.fully_shard) for models too large for DDP, and the full
-(unsharded) model/optimizer state that checkpoints hold in every mode, so a checkpoint written
-under FSDP loads in a 1-process run and the other way round."""
+(unsharded) states that checkpoints hold: the model weights of an FSDP checkpoint load anywhere
+(validate, a 1-process run); its optimizer state (keyed by parameter name) resumes under FSDP."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,10 @@ def shard_model(model: nn.Module, args: argparse.Namespace, device: torch.device
     from torch.distributed.fsdp import fully_shard
     if not args.distributed:
         return model  # one process: nothing to shard, same code path otherwise
+    # every rank initialised its own weights (seeded per rank); start all from rank 0's, as DDP does
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            torch.distributed.broadcast(t.data, src=0)
     mesh = init_device_mesh(device.type, (args.world_size,))
     blocks = [m for m in model.modules() if type(m).__name__.endswith('Block') and m is not model]
     for m in reversed(blocks):

@@ -1,0 +1,45 @@
+"""Two CPU processes (gloo) through torchrun: DDP and FSDP2 (--fsdp) equal the one-process run.
+
+One full-batch step per epoch, no augmentation and SGD make the order of the samples irrelevant,
+so 2 x 6 images must give the weights of 1 x 12 up to float round-off.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from train_helpers import ROOT, TINY, load_ckpt, make_folder
+
+COMMON = [*TINY, '--epochs', '2', '--warmup-epochs', '0', '--workers', '0', '--no-progress', '--opt', 'sgd',
+          '--lr', '0.1', '--threads', '1', '--smoothing', '0', '--no-aug', '--hflip', '0']
+
+
+@pytest.fixture(scope='module')
+def one_process(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('dist')
+    data = make_folder(tmp / 'data', n_train=4, n_val=2)
+    from vitzoo.cli.train import train
+    r = train([data, *COMMON, '-b', '12', '--output', str(tmp / 'out'), '--experiment', 'one'])
+    return data, tmp, load_ckpt(os.path.join(r['output_dir'], 'last.pth.tar'))['state_dict']
+
+
+def _torchrun(data, out, *extra):
+    torchrun = shutil.which('torchrun', path=os.path.dirname(sys.executable)) or 'torchrun'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    p = subprocess.run([torchrun, '--standalone', '--nproc_per_node', '2', os.path.join(ROOT, 'train_imagenet.py'),
+                        data, *COMMON, '-b', '6', '--output', str(out), *extra],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+@pytest.mark.parametrize('mode', ['ddp', 'fsdp'])
+def test_two_processes_equal_one(one_process, mode):
+    data, tmp, ref = one_process
+    _torchrun(data, tmp / 'out', '--experiment', mode, *(['--fsdp'] if mode == 'fsdp' else []))
+    got = load_ckpt(tmp / 'out' / mode / 'last.pth.tar')['state_dict']
+    assert got.keys() == ref.keys()
+    diff = max((got[k].float() - ref[k].float()).abs().max().item() for k in ref)
+    assert diff < 1e-5, f'{mode}: max abs weight difference {diff}'
