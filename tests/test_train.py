@@ -1,4 +1,4 @@
-"""train_imagenet.py: one epoch end to end, resume, YAML recipes and its error messages.
+"""train_imagenet.py (vitzoo.cli.train): one epoch end to end, resume, YAML recipes and its error messages.
 
 Runs on a tiny synthetic ImageFolder (3 classes of 32x32 PNGs) with timm's `test_convnext`,
 and with a shrunken zoo PoolFormer when the zoo has it.
@@ -163,16 +163,17 @@ def test_cli_error_is_one_line(tmp_path):
     assert 'Traceback' not in p.stderr
 
 
-@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(ROOT, 'configs', '*.yaml'))))
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(ROOT, 'configs', '*', '*.yaml'))))
 def test_recipes_have_only_known_keys(path):
     cfg = load_config(path, build_parser())
     assert cfg['model'].startswith('vitzoo_'), 'recipes train zoo models'
 
 
 def test_imagenet_recipes_exist():
-    names = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'configs', '*.yaml'))}
-    assert {'demo_digits.yaml', 'swin_tiny_in1k.yaml', 'poolformer_s12_in1k.yaml',
-            'nat_mini_in1k.yaml', 'deit_small_evit_in1k.yaml'} <= names
+    names = {os.path.relpath(p, os.path.join(ROOT, 'configs'))
+             for p in glob.glob(os.path.join(ROOT, 'configs', '*', '*.yaml'))}
+    assert {'demo/digits.yaml', 'swin/swin_tiny_patch4_window7_224.yaml', 'poolformer/poolformer_s12.yaml',
+            'nat/nat_mini.yaml', 'evit/evit_deit_small_patch16_224.yaml'} <= names
 
 
 def test_zoo_model_trains_one_epoch(data, tmp_path):
@@ -187,12 +188,13 @@ def test_zoo_model_trains_one_epoch(data, tmp_path):
 
 def test_lr_scales_with_global_batch(data, tmp_path, monkeypatch):
     seen = {}
-    real = train_imagenet.create_optimizer_v2
+    import vitzoo.cli.train as cli_train
+    real = cli_train.create_optimizer_v2
 
     def spy(model, **kw):
         seen.update(kw)
         return real(model, **kw)
-    monkeypatch.setattr(train_imagenet, 'create_optimizer_v2', spy)
+    monkeypatch.setattr(cli_train, 'create_optimizer_v2', spy)
     argv = [a for a in FAST if a not in ('--lr', '1e-3')]
     main([data, *MODEL, *argv, '--output', str(tmp_path), '--lr-base', '1e-3', '--lr-base-size', '8'])
     assert seen['lr'] == pytest.approx(1e-3 * 4 / 8)
