@@ -453,7 +453,7 @@ def test_fvcore_handles_count_na2d():
     x = torch.randn(1, 7, 9, 32)
     analysis = fvcore.FlopCountAnalysis(Mixer(), x).set_op_handle(**handles)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    assert analysis.total() == na_flops((1, 7, 9, 2, 16), (3, 3))
+    assert analysis.total() == na_flops((1, 7, 9, 2, 16), (3, 3)) // 2  # fvcore: MACs
     assert "vitzoo::na2d" not in analysis.unsupported_ops()
 
 
@@ -533,6 +533,14 @@ def test_dispatch_rule(monkeypatch):
             select_backend("na2d", [cpu], "head_dim 12 is not a multiple of 8 in [8, 128]")
         monkeypatch.setenv("VITZOO_KERNELS", "auto")
         assert select_backend("na2d", [cpu]) == "reference"       # auto never picks CPU Triton
+    # the NA op's own rule: head_dim a multiple of 8 in [8, 128], fp32/fp16/bf16
+    from vitzoo.kernels.neighborhood import _triton_unsupported
+    for d in (8, 24, 32, 128):
+        assert _triton_unsupported(torch.empty(1, 2, 2, 1, d)) is None
+    for d in (4, 12, 136):
+        assert f"head_dim {d} is not a multiple of 8" in _triton_unsupported(
+            torch.empty(1, 2, 2, 1, d))
+    assert "dtype" in _triton_unsupported(torch.empty(1, 2, 2, 1, 8, dtype=torch.float64))
 
 
 def test_explicit_triton_raises_through_na2d(monkeypatch):
@@ -557,25 +565,23 @@ def test_import_is_lazy_and_quiet():
 # ----------------------------------------------------------------------------------------------
 # Benchmark tool smoke test (CPU mode)
 # ----------------------------------------------------------------------------------------------
-def test_bench_kernels_cpu_smoke(tmp_path, capsys):
+def test_bench_kernels_cpu_smoke(tmp_path):
     """Runs tools/bench_kernels.py in-process (the package is already imported: fast)."""
     spec = importlib.util.spec_from_file_location("bench_kernels",
                                                   ROOT / "tools" / "bench_kernels.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.main(["--allow-cpu", "--quick", "--out-dir", str(tmp_path)]) == 0
+    assert bench.main(["--allow-cpu", "--quick", "--ops", "neighborhood",
+                       "--out-dir", str(tmp_path)]) == 0
     results = list(tmp_path.glob("*.json"))
     assert len(results) == 1 and len(list(tmp_path.glob("*.md"))) == 1
     data = json.loads(results[0].read_text())
     assert data["device"] == "cpu" and data["torch"] == torch.__version__ and data["command"]
-    assert data["rows"] and all(r["reference_fwd_ms"] > 0 and r["reference_fwdbwd_ms"] > 0
-                                and r["sdpa_fwd_ms"] > 0 for r in data["rows"])
-    assert {r["dilation"] for r in data["rows"]} == {1, 2}
-    if not torch.cuda.is_available():
-        capsys.readouterr()
-        assert bench.main(["--out-dir", str(tmp_path / "none")]) == 0
-        assert "no GPU" in capsys.readouterr().out
-        assert not (tmp_path / "none").exists()
+    rows = data["rows"]
+    assert rows and all(r["op"] == "neighborhood" and r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0
+                        for r in rows)
+    assert {"reference", "sdpa"} <= {r["impl"] for r in rows}
+    assert {r["dilation"] for r in rows} == {1, 2}
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
