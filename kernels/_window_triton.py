@@ -12,8 +12,10 @@ window merge and the reverse roll are all index arithmetic.
   blocks of 64). Scores are ``tl.dot`` on tensor cores in the base-2 domain: the launcher hands
   the kernels a ``[heads, NB*BLOCK, NB*BLOCK]`` bias already multiplied by ``log2(e)``, with
   ``-inf`` in the padded key columns; the shift mask (timm's -100) comes from region ids.
-* forward: one program per (window, query block, head); online softmax over key blocks, writes
-  the output and the logsumexp (natural-log units).
+* forward: windows of one block (Swin's 7x7): one program per (4 consecutive windows, head),
+  the bias tile loaded once, one softmax pass. Larger windows: one program per (window, query
+  block, head), online softmax over key blocks. Both write the output and the logsumexp
+  (natural-log units).
 * backward: one program per (slot, head) loops over the windows ``slot, slot + S, ...``.
   Windows do not overlap, so every dq/dk/dv element is written by exactly one program. One
   block: everything in one pass, d(bias) accumulated in registers across the program's windows.
@@ -125,6 +127,41 @@ def _win_fwd_kernel(
     tl.store(o_ptr, out.to(O.dtype.element_ty), mask=valid_q[:, None] & dmask)
     tl.store(LSE + img + pos_q * NH + h, (m_i + tl.log2(l_safe)) * 0.6931471805599453,
              mask=valid_q)
+
+
+@triton.jit
+def _win_fwd_one_kernel(
+    QKV, BIAS, O, LSE,
+    N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW, NH, NWTOT, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, WPP: tl.constexpr,
+    SHIFTED: tl.constexpr, PREC: tl.constexpr, EMU: tl.constexpr,
+):
+    """Windows of one block, ``WPP`` consecutive windows per program: the [BLOCK, BLOCK] bias
+    tile is loaded once into registers; one softmax pass (all keys in the tile)."""
+    h = tl.program_id(1)
+    t = tl.arange(0, BLOCK)
+    d = tl.arange(0, BLOCK_D)
+    dmask = (d < HEAD_DIM)[None, :]
+    bias = tl.load(BIAS + h * BLOCK * BLOCK + t[:, None] * BLOCK + t[None, :])
+    w0 = tl.program_id(0) * WPP
+    for w in range(w0, tl.minimum(w0 + WPP, NWTOT)):
+        img = _image(w, NWIN, HP, WP, NH)
+        pos, valid, rid = _tokens(w, t, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW)
+        qoff = (pos * 3 * NH * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :]
+        qkv_img = QKV + img * 3 * HEAD_DIM
+        q = tl.load(qkv_img + qoff, mask=dmask, other=0.0)
+        k = tl.load(qkv_img + qoff + NH * HEAD_DIM, mask=dmask, other=0.0)
+        v = tl.load(qkv_img + qoff + 2 * NH * HEAD_DIM, mask=dmask, other=0.0)
+        s = _mm(q, tl.trans(k), PREC, EMU) * qk_scale + bias
+        if SHIFTED:
+            s = tl.where(rid[:, None] != rid[None, :], s - 144.26950408889634, s)
+        m = tl.max(s, 1)
+        p = tl.exp2(s - m[:, None])
+        l_i = tl.sum(p, 1)
+        out = _mm(p.to(v.dtype), v, PREC, EMU) / l_i[:, None]
+        o_ptr = O + img * HEAD_DIM + ((pos * NH + h) * HEAD_DIM)[:, None] + d[None, :]
+        tl.store(o_ptr, out.to(O.dtype.element_ty), mask=valid[:, None] & dmask)
+        tl.store(LSE + img + pos * NH + h, (m + tl.log2(l_i)) * 0.6931471805599453, mask=valid)
 
 
 @triton.jit
@@ -280,6 +317,8 @@ def launch_config(tokens: int, head_dim: int, block: Optional[int] = None,
     return block, triton.cdiv(tokens, block), block_d
 
 
+#: one-block forward: windows per program (the bias tile is loaded once for all of them)
+_FWD_WINDOWS_PER_PROGRAM = 4
 _SM_COUNT = {}
 
 
@@ -335,10 +374,18 @@ def window_triton_forward(qkv: Tensor, bias: Optional[Tensor], window: Sequence[
     bias2 = _padded_bias(bias, NH, geo["N"], nb * block, qkv.device)
     out = torch.empty(B, HP, WP, NH, D, device=qkv.device, dtype=qkv.dtype)
     lse = torch.empty(B, HP, WP, NH, device=qkv.device, dtype=torch.float32)
-    _win_fwd_kernel[(nwtot * nb, NH)](
-        qkv, bias2, out, lse, *geo.values(), scale * LOG2E,
-        HEAD_DIM=D, BLOCK_D=block_d, BLOCK=block, NB=nb, SHIFTED=bool(shift[0] or shift[1]),
-        **_prec(qkv.dtype), num_warps=4, num_stages=2)
+    shifted = bool(shift[0] or shift[1])
+    if nb == 1:
+        wpp = _FWD_WINDOWS_PER_PROGRAM
+        _win_fwd_one_kernel[(triton.cdiv(nwtot, wpp), NH)](
+            qkv, bias2, out, lse, *geo.values(), nwtot, scale * LOG2E,
+            HEAD_DIM=D, BLOCK_D=block_d, BLOCK=block, WPP=wpp, SHIFTED=shifted,
+            **_prec(qkv.dtype), num_warps=4, num_stages=2)
+    else:
+        _win_fwd_kernel[(nwtot * nb, NH)](
+            qkv, bias2, out, lse, *geo.values(), scale * LOG2E,
+            HEAD_DIM=D, BLOCK_D=block_d, BLOCK=block, NB=nb, SHIFTED=shifted,
+            **_prec(qkv.dtype), num_warps=4, num_stages=2)
     return out, lse
 
 
