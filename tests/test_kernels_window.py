@@ -411,3 +411,23 @@ def test_swin_onnx_export_dynamo():
     onnx.checker.check_model(proto)
     out = ReferenceEvaluator(proto).run(None, {proto.graph.input[0].name: x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(out), m(x).detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_window_bench_module_on_cpu(monkeypatch):
+    """tools/kernel_bench/window.py: the timm and zoo mixers it times compute the same thing, and
+    its CPU plumbing run returns complete rows (the GPU run has the same code path)."""
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    bench = importlib.import_module("kernel_bench.window")
+    import kernel_bench
+
+    zoo, blk = bench.paired_mixers(14, 2, 3, "cpu", torch.float32)
+    x = torch.randn(2, 14, 14, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(zoo(x), blk._attn(x), rtol=1e-5, atol=1e-5)
+    rows = kernel_bench.call_run(bench, "cpu", torch.float32, True)
+    assert {r["impl"] for r in rows} == {"reference", "timm", "timm_fused", "vitzoo"}
+    assert all(r["op"] == "window" and "error" not in r for r in rows)
+    assert all(r["fwd_bwd_ms"] > 0 for r in rows)
+    rows = {"triton": dict(fwd_ms=1.0, fwd_bwd_ms=2.0), "timm": dict(fwd_ms=3.0, fwd_bwd_ms=5.0)}
+    bench._add_ratios(rows, {}, ("timm", "timm_fused"))
+    assert rows["triton"]["ratio_vs"] == "timm" and rows["triton"]["speedup"] == 2.5
