@@ -102,8 +102,8 @@ def _win_fwd_kernel(
     qkv_img = QKV + img * 3 * HEAD_DIM
     bq = (pid % NB) * BLOCK + t
     pos_q, valid_q, rq = _tokens(w, bq, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW)
-    q = tl.load(qkv_img + (pos_q * 3 * NH * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :], mask=dmask,
-                other=0.0)
+    q = tl.load(qkv_img + (pos_q * 3 * NH * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :],
+                mask=dmask, other=0.0)
     m_i = tl.full([BLOCK], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, BLOCK_D], tl.float32)
@@ -167,9 +167,9 @@ def _win_fwd_one_kernel(
 @triton.jit
 def _load_rows(qkv_img, o_img, do_img, lse_img, pos, valid, h, d, dmask, NH,
                HEAD_DIM: tl.constexpr):
-    """q, dO (zero on padded rows), delta = rowsum(dO * O) and the base-2 logsumexp of query rows."""
-    q = tl.load(qkv_img + (pos * 3 * NH * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :], mask=dmask,
-                other=0.0)
+    """q, dO (zero on padded rows), delta = rowsum(dO * O), base-2 logsumexp of query rows."""
+    q = tl.load(qkv_img + (pos * 3 * NH * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :],
+                mask=dmask, other=0.0)
     o_off = ((pos * NH + h) * HEAD_DIM)[:, None] + d[None, :]
     rmask = valid[:, None] & dmask
     do = tl.load(do_img + o_off, mask=rmask, other=0.0)
@@ -290,7 +290,8 @@ def _win_bwd_blocked_kernel(
                 dp = _mm(do, tl.trans(v), PREC, EMU)
                 ds = p * (dp - delta[:, None])
                 dq += _mm(ds.to(q.dtype), k, PREC, EMU)
-            gp = DQKV + img * 3 * HEAD_DIM + (pos_q * 3 * NH * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :]
+            gp = DQKV + img * 3 * HEAD_DIM \
+                + (pos_q * 3 * NH * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :]
             tl.store(gp, (dq * scale).to(DQKV.dtype.element_ty), mask=valid_q[:, None] & dmask)
 
 
@@ -341,7 +342,8 @@ def _geometry(qkv: Tensor, window: Sequence[int], shift: Sequence[int], map_size
 
 
 def _padded_bias(bias: Optional[Tensor], heads: int, tokens: int, np_: int, device) -> Tensor:
-    """``[heads, NP, NP]`` fp32: bias * log2(e), 0 in padded query rows, -inf in padded key columns."""
+    """``[heads, NP, NP]`` fp32: bias * log2(e), 0 in padded query rows, -inf in padded key
+    columns."""
     out = torch.zeros(heads, np_, np_, device=device, dtype=torch.float32)
     out[:, :, tokens:] = float("-inf")
     if bias is not None:
@@ -366,7 +368,8 @@ def _block_override() -> Optional[int]:
 def window_triton_forward(qkv: Tensor, bias: Optional[Tensor], window: Sequence[int],
                           shift: Sequence[int], map_size: Sequence[int],
                           scale: float) -> Tuple[Tensor, Tensor]:
-    """``(out [B, HP, WP, heads, d], lse [B, HP, WP, heads] fp32)`` from ``qkv [B, HP, WP, 3, heads, d]``."""
+    """``(out [B, HP, WP, heads, d], lse [B, HP, WP, heads] fp32)`` from
+    ``qkv [B, HP, WP, 3, heads, d]``."""
     qkv = qkv.contiguous()
     B, HP, WP, _, NH, D = qkv.shape
     geo, nwtot = _geometry(qkv, window, shift, map_size)
@@ -394,7 +397,8 @@ def window_triton_backward(grad_out: Tensor, qkv: Tensor, bias: Optional[Tensor]
                            map_size: Sequence[int], scale: float,
                            slots: Optional[int] = None) -> Tuple[Tensor, Tensor]:
     """``(dqkv [B, HP, WP, 3, heads, d], dbias [heads, N, N] fp32)``; deterministic, no atomics."""
-    qkv, grad_out, out, lse = qkv.contiguous(), grad_out.contiguous(), out.contiguous(), lse.contiguous()
+    qkv, grad_out = qkv.contiguous(), grad_out.contiguous()
+    out, lse = out.contiguous(), lse.contiguous()
     B, HP, WP, _, NH, D = qkv.shape
     geo, nwtot = _geometry(qkv, window, shift, map_size)
     N = geo["N"]

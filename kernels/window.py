@@ -114,14 +114,16 @@ def _validate(qkv: Tensor, bias: Optional[Tensor], window_size: IntOrPair, shift
     if bias is not None:
         n, heads = ws[0] * ws[1], qkv.shape[4]
         if not isinstance(bias, Tensor):
-            raise TypeError(f"window_attention: bias must be a Tensor or None, got {type(bias).__name__}")
+            raise TypeError("window_attention: bias must be a Tensor or None, got "
+                            f"{type(bias).__name__}")
         if tuple(bias.shape) != (heads, n, n):
             raise ValueError(f"window_attention: bias must have shape [heads, N, N] = "
                              f"{[heads, n, n]}, got {list(bias.shape)}")
         if not bias.is_floating_point():
             raise TypeError(f"window_attention: bias must be floating point, got {bias.dtype}")
         if bias.device != qkv.device:
-            raise ValueError(f"window_attention: bias is on {bias.device} but qkv is on {qkv.device}")
+            raise ValueError(f"window_attention: bias is on {bias.device} but qkv is on "
+                             f"{qkv.device}")
     return ws, ss, ms
 
 
@@ -175,7 +177,8 @@ def _to_windows(x: Tensor, src: Tensor) -> Tensor:
     return x.reshape(B, nw, n, nh, *x.shape[3:]).transpose(2, 3)
 
 
-def _reference(qkv: Tensor, bias: Optional[Tensor], ws, ss, ms, scale: float) -> Tuple[Tensor, Tensor]:
+def _reference(qkv: Tensor, bias: Optional[Tensor], ws, ss, ms,
+               scale: float) -> Tuple[Tensor, Tensor]:
     B, Hp, Wp = qkv.shape[:3]
     q, k, v, src = _windows(qkv, ws, ss, ms)
     p, lse = _probs(q, k, bias, ws, ss, (Hp, Wp), scale)
@@ -307,7 +310,7 @@ add_fvcore_handle("vitzoo::window_attention", _fvcore_window_handle)
 def window_attention(qkv: Tensor, bias: Optional[Tensor], window_size: IntOrPair,
                      shift_size: IntOrPair = 0, map_size: Optional[IntOrPair] = None,
                      scale: Optional[float] = None) -> Tensor:
-    """(Shifted-)window attention on ``qkv [B, Hp, Wp, 3, heads, d]``; returns ``[B, Hp, Wp, heads, d]``.
+    """(Shifted-)window attention on ``qkv [B, Hp, Wp, 3, heads, d]`` -> ``[B, Hp, Wp, heads, d]``.
 
     ``window_size`` (h, w) must divide ``Hp x Wp``; ``shift_size`` in ``[0, window)``;
     ``map_size`` is the unpadded ``H x W`` (default: ``Hp x Wp``); ``bias`` ``[heads, N, N]`` or

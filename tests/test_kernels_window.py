@@ -93,7 +93,8 @@ def test_reference_float32_and_lse(monkeypatch):
     qkv = torch.randn(2, 8, 8, 3, 2, 16)
     bias = torch.randn(2, 16, 16)
     out, lse = torch.ops.vitzoo.window_attention(qkv, bias, [4, 4], [2, 2], [8, 8], 0.25)
-    assert out.shape == (2, 8, 8, 2, 16) and lse.shape == (2, 8, 8, 2) and lse.dtype == torch.float32
+    assert out.shape == (2, 8, 8, 2, 16) and lse.shape == (2, 8, 8, 2)
+    assert lse.dtype == torch.float32
     assert torch.equal(out, window_reference(qkv, bias, 4, 2, scale=0.25))
     # token (0, 0) sits in the last window of the rolled map with source rows 0..1 + 6..7 region mix
     q, k = qkv[0, :, :, 0, 1], qkv[0, :, :, 1, 1]
@@ -135,7 +136,7 @@ def test_triton_support_rule():
 
 
 def test_attn_drop_falls_back_with_one_warning(monkeypatch):
-    wa = sys.modules[ShiftedWindowAttention.__module__]  # the package re-exports a function of that name
+    wa = sys.modules[ShiftedWindowAttention.__module__]
     monkeypatch.setenv("VITZOO_KERNELS", "triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # CPU tensors count as launchable; nothing runs
     monkeypatch.setattr(wa, "_DROPOUT_WARNED", False)
@@ -310,7 +311,8 @@ def _check_swin_parity(device):
     finally:
         os.environ["VITZOO_KERNELS"] = "triton"
     for n, p in small.named_parameters():
-        torch.testing.assert_close(fused[n], p.grad, rtol=1e-4, atol=1e-4, msg=lambda s: f"{n}: {s}")
+        torch.testing.assert_close(fused[n], p.grad, rtol=1e-4, atol=1e-4,
+                                   msg=lambda s: f"{n}: {s}")
 
 
 @pytest.mark.skipif(not IS_CHILD, reason="runs inside test_triton_interpreter_matches_reference")
@@ -344,8 +346,10 @@ def test_triton_interpreter_matches_reference():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("case", INTERP_CASES + [
-    (4, 56, 56, 3, 32, 7, 3, True, "bfloat16", None), (2, 48, 48, 4, 32, 12, 6, True, "float32", None),
-    (2, 14, 14, 4, 128, 7, 3, True, "float16", None), (2, 20, 20, 2, 24, 7, 3, True, "float32", None)])
+    (4, 56, 56, 3, 32, 7, 3, True, "bfloat16", None),
+    (2, 48, 48, 4, 32, 12, 6, True, "float32", None),
+    (2, 14, 14, 4, 128, 7, 3, True, "float16", None),
+    (2, 20, 20, 2, 24, 7, 3, True, "float32", None)])
 def test_triton_cuda_matches_reference(case, monkeypatch):
     monkeypatch.setenv("VITZOO_KERNELS", "triton")
     _check_triton_case(*case, device="cuda")
