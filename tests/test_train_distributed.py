@@ -43,3 +43,16 @@ def test_two_processes_equal_one(one_process, mode):
     assert got.keys() == ref.keys()
     diff = max((got[k].float() - ref[k].float()).abs().max().item() for k in ref)
     assert diff < 1e-5, f'{mode}: max abs weight difference {diff}'
+
+
+@pytest.mark.slow
+def test_fsdp_resume_equals_uninterrupted(one_process):
+    """An FSDP run stopped after epoch 0 and resumed (AdamW state, full state dicts) ends equal."""
+    data, tmp, _ = one_process
+    extra = ['--fsdp', '--opt', 'adamw', '--lr', '0.01', '--sched', 'step', '--decay-epochs', '100']
+    _torchrun(data, tmp / 'out', '--experiment', 'ffull', *extra)
+    _torchrun(data, tmp / 'out', '--experiment', 'fpart', *extra, '--epochs', '1')
+    _torchrun(data, tmp / 'out', '--experiment', 'fpart', *extra, '--resume', 'auto')
+    a = load_ckpt(tmp / 'out' / 'ffull' / 'last.pth.tar')['state_dict']
+    b = load_ckpt(tmp / 'out' / 'fpart' / 'last.pth.tar')['state_dict']
+    assert all(torch.equal(a[k], b[k]) for k in a)

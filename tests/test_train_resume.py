@@ -34,7 +34,7 @@ def _start_and_kill_after(argv, steps_file, n_steps, sig=signal.SIGKILL):
     """Start a slowed-down run, send `sig` once `n_steps` step rows are logged; returns the process."""
     env = dict(os.environ, VITZOO_DEBUG_STEP_SLEEP='0.25', PYTHONUNBUFFERED='1')
     p = subprocess.Popen([sys.executable, TRAIN_PY, *argv], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
     t0 = time.time()
     while time.time() - t0 < 240:
         if os.path.exists(steps_file) and len(_rows(steps_file)) >= n_steps:
@@ -42,7 +42,10 @@ def _start_and_kill_after(argv, steps_file, n_steps, sig=signal.SIGKILL):
         if p.poll() is not None:
             raise AssertionError(f'run ended before step {n_steps}: {p.stderr.read()[-2000:]}')
         time.sleep(0.02)
-    p.send_signal(sig)
+    if sig == signal.SIGINT:  # Ctrl-C reaches the loader workers too: signal the whole group
+        os.killpg(p.pid, sig)
+    else:
+        p.send_signal(sig)
     out, err = p.communicate(timeout=120)
     return p, err
 
@@ -89,13 +92,14 @@ def test_kill9_mid_epoch_then_resume_equals_uninterrupted(data, tmp_path, tmp_pa
     assert header == 1, 'resume wrote a second summary header'
 
 
-def test_sigterm_writes_recovery_and_resume_is_exact(data, tmp_path, tmp_path_factory):
-    argv = [data, *RECIPE, '--workers', '0', '--output', str(tmp_path)]
-    ref_dir = _reference(data, tmp_path_factory, 0)
+@pytest.mark.parametrize('sig, workers', [(signal.SIGTERM, 0), (signal.SIGINT, 2)])
+def test_signal_writes_recovery_and_resume_is_exact(data, tmp_path, tmp_path_factory, sig, workers):
+    argv = [data, *RECIPE, '--workers', str(workers), '--output', str(tmp_path)]
+    ref_dir = _reference(data, tmp_path_factory, workers)
     run_dir = str(tmp_path / 't')
     p, err = _start_and_kill_after([*argv, '--experiment', 't', '--checkpoint-interval', '0'],
-                                   os.path.join(run_dir, 'steps.csv'), 3, sig=signal.SIGTERM)
-    assert p.returncode == 128 + signal.SIGTERM, err[-2000:]
+                                   os.path.join(run_dir, 'steps.csv'), 3, sig=sig)
+    assert p.returncode == 128 + sig, err[-2000:]
     assert 'Traceback' not in err and 'recovery checkpoint' in err
     rec = load_ckpt(os.path.join(run_dir, 'recovery.pth.tar'))
     assert rec['resume_epoch'] == 0 and rec['resume_step'] >= 3 and 'rng' in rec

@@ -6,6 +6,7 @@ Checkpoints hold only tensors and plain data, so they load with `torch.load(weig
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import io
 import os
@@ -85,7 +86,8 @@ def load_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
     try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):  # timm-saver files hold their args so
+            obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         # torch's message: "Weights only load failed. ... Unsupported global: GLOBAL os.system ..."
