@@ -417,5 +417,5 @@ def window_triton_backward(grad_out: Tensor, qkv: Tensor, bias: Optional[Tensor]
     else:
         _win_bwd_blocked_kernel[(nslot, NH)](qkv, bias2, out, grad_out, lse, dqkv, partial, *args,
                                              NB=nb, **common)
-    dbias = partial.sum(0)[:, :N, :N]
+    dbias = partial.sum(0)[:, :N, :N].contiguous()  # the fake impl promises a contiguous tensor
     return dqkv, dbias
