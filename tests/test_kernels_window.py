@@ -359,6 +359,8 @@ def test_triton_cuda_matches_reference(case, monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_swin_parity_and_determinism(monkeypatch):
     monkeypatch.setenv("VITZOO_KERNELS", "triton")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 patch-embed conv
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     _check_swin_parity("cuda")
     qkv = torch.randn(8, 56, 56, 3, 3, 32, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     bias = torch.randn(3, 49, 49, device="cuda", requires_grad=True)
