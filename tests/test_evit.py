@@ -88,14 +88,16 @@ def test_reorganisation_matches_official_rules(keep_rate, fuse):
         torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_token_counts_follow_ceil_rule_and_intermediates_are_nlc():
+def test_token_counts_follow_ceil_rule_and_intermediates_are_dense_maps():
     model = _tiny_evit(keep_rate=0.7, fuse_token=True)
     x = torch.randn(1, 3, 112, 112)
     with torch.no_grad():
         final, inter = model.forward_intermediates(x, indices=[2, 3, 6, 9])
+        tokens = model.forward_intermediates(x, indices=[2, 3, 6, 9], output_fmt="NLC", intermediates_only=True)
     # 196 -> ceil(.7*196)=138 kept + 1 fused = 139 -> 98 + 1 = 99 -> 70 + 1 = 71 image tokens
-    assert inter[0].shape == (1, 32, 14, 14)  # before any reorganisation: still a grid
-    assert [t.shape[1] for t in inter[1:]] == [139, 99, 71]
+    assert [t.shape for t in inter] == [(1, 32, 14, 14)] * 4  # NCHW: dense maps, dropped cells filled
+    assert tokens[0].shape == (1, 196, 32)
+    assert [t.shape[1] for t in tokens[1:]] == [139, 99, 71]  # NLC: the reorganised sequences
     assert final.shape == (1, 72, 32)
     model = _tiny_evit(keep_rate=0.7, fuse_token=False)
     with torch.no_grad():

@@ -133,9 +133,10 @@ def test_spectformer_token_counts_follow_ceil_rule():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         final, inter = model.forward_intermediates(x, indices=[1, 2, 3, 4])
+        tokens = model.forward_intermediates(x, indices=[1, 2, 3, 4], output_fmt="NLC", intermediates_only=True)
         # 64 -> 32 kept + 1 fused = 33 -> ceil(0.5 * 33) = 17 + 1 = 18 (every token is ranked, none carried)
-        assert inter[0].shape == (1, 32, 8, 8)  # spectral layers: still the grid
-        assert [t.shape[1] for t in inter[1:]] == [33, 33, 18]  # NLC once tokens were dropped
+        assert [t.shape for t in inter] == [(1, 32, 8, 8)] * 4  # NCHW: dense maps once tokens were dropped too
+        assert [t.shape[1] for t in tokens[1:]] == [33, 33, 18]  # NLC: the reorganised sequences
         assert final.shape == (1, 18, 32)
         assert model(x).shape == (1, 5)  # the GAP head takes any token count
         nofuse = _spectformer(token_reorg_locs=(2, 4), keep_rate=0.5, fuse_token=False)

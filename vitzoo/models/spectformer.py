@@ -366,7 +366,7 @@ class SpectFormer(IsotropicBackbone):
                 x = checkpoint(blk, x, use_reentrant=False)
             else:
                 x = blk(x)
-        if x.ndim == 4:  # only spectral blocks (all of them, or a model pruned before the first attention block)
+        if self.num_spectral_layers >= len(self.blocks):  # only spectral blocks (all, or pruned before attention)
             x = x.flatten(1, 2)
         return self.norm(x)
 
