@@ -204,8 +204,8 @@ def _na_bwd_dq_kernel(
 
 
 @triton.jit
-def _bin_bias_grad(ds, dtype: tl.constexpr, u0, x0, TH: tl.constexpr, TW: tl.constexpr, RPC: tl.constexpr,
-                   CW: tl.constexpr, UP: tl.constexpr, XP: tl.constexpr, PREC: tl.constexpr,
+def _bin_bias_grad(ds, dtype: tl.constexpr, u0, x0, TH: tl.constexpr, TW: tl.constexpr,
+                   RPC: tl.constexpr, CW: tl.constexpr, UP: tl.constexpr, XP: tl.constexpr, PREC: tl.constexpr,
                    UPCAST: tl.constexpr):
     """``[UP, XP]`` bias-gradient bins of one dS chunk, on tensor cores, with no atomics.
 
@@ -220,7 +220,7 @@ def _bin_bias_grad(ds, dtype: tl.constexpr, u0, x0, TH: tl.constexpr, TW: tl.con
     ac = tl.arange(0, TW * CW)
     band = (x0 + ac % CW - ac // CW)[:, None] == tl.arange(0, XP)[None, :]
     # via fp32: Triton 3.8's interpreter turns bool -> bf16 into zeros
-    z = mma(d2.to(dtype), band.to(tl.float32).to(dtype), PREC, UPCAST)                         # [(qr, j), XP]
+    z = mma(d2.to(dtype), band.to(tl.float32).to(dtype), PREC, UPCAST)      # [(qr, j), XP]
     rj = tl.arange(0, TH * RPC)
     rows = tl.arange(0, UP)[:, None] == (u0 + rj % RPC - rj // RPC)[None, :]
     return tl.dot(rows.to(tl.float32), z, input_precision="ieee")        # [UP, XP]

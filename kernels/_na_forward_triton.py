@@ -95,6 +95,6 @@ def _na_fwd_kernel(
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     tok = ((b * H + qi) * W + qj) * NH + h           # [B, H, W, NH] row of each query (int64)
-    tl.store(O + tok[:, None] * HEAD_DIM + d[None, :], (acc / l_safe[:, None]).to(O.dtype.element_ty),
-             mask=qmask[:, None] & dmask[None, :])
+    tl.store(O + tok[:, None] * HEAD_DIM + d[None, :],
+             (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=qmask[:, None] & dmask[None, :])
     tl.store(LSE + tok, (m_i + tl.log2(l_safe)) * LN2, mask=qmask)

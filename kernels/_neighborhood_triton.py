@@ -8,15 +8,17 @@ Tile table (``_tile_config``): query/key tiles are ``TH x TW`` positions of one 
 walked in chunks of ``RPC`` rows x ``CW`` columns of keys (forward, dq) or queries (dk/dv).
 
 * groups of at most 8 x 8 (7x7 maps, DiNAT layers with ``k * d = map side``): one 8x8 tile per
-  group and one 64-slot chunk, so the forward loop runs once (the dense path; the backward
-  takes it in two 32-slot chunks to stay within registers);
+  group and one 64-slot chunk, so the forward loop runs once (the dense path; two chunks at
+  head_dim 64, and the backward takes it in 32-slot chunks, to stay within registers);
 * 1-D maps: 1 x 64 tiles (1 x 32 for head_dim 128);
 * otherwise 8x8 tiles (M = 64) with 16-column chunks (32 when ``TW + k - 1 > 16``) and
-  4 / 2 / 1 rows per chunk for head_dim <= 32 / 64 / 128 (2 / 2 / 1 in the backward).
+  4 / 2 / 1 rows per chunk for head_dim <= 32 / 64 / 128 (2 / 2 / 1 in the backward);
+* fp32 inputs: half as many rows per chunk (their operands take twice the registers).
 
-4 warps, 8 for head_dim 128 (backward: 8 from head_dim 64). The choices were made from the
-registers and spills of sm_90/sm_80 compiles (``tests/test_kernels_compile.py`` prints them);
-no GPU timing has tuned them yet.
+4 warps, 8 for head_dim 128; the backward uses 8 from head_dim 64 and 2 pipeline stages up to
+head_dim 64 (which took its kernels from ~160-190 to ~125-170 registers on sm_90; the forward
+keeps Triton's 3). These choices come from the registers and spills of sm_90/sm_80 compiles
+(``tests/test_kernels_compile.py`` prints them); no GPU timing has tuned them yet.
 
 ``VITZOO_NA_TILE=RxC`` (tests only) forces small tiles so tiny maps span several tiles and the
 chunk loops run more than once. fp32 inputs use IEEE-precision dots (1e-4 against the reference);
@@ -99,7 +101,7 @@ def _tile_config(H: int, W: int, ks: Sequence[int], dil: Sequence[int], head_dim
     elif n_h <= 8 and n_w <= 8:
         # one chunk, the whole group (two for head_dim 64: registers)
         fwd = dict(TH=8, TW=8, RPC=4 if block_d == 64 else 8, CW=8)
-        bwd = dict(TH=8, TW=8, RPC=4, CW=8)          # two chunks (64 x 64 tiles spill here)
+        bwd = dict(TH=8, TW=8, RPC=2 if block_d >= 128 else 4, CW=8)   # 64 x 64 tiles spill
     else:
         wide = 8 + ks[1] - 1 > 16
         cw = 32 if wide else 16
@@ -110,7 +112,8 @@ def _tile_config(H: int, W: int, ks: Sequence[int], dil: Sequence[int], head_dim
         fwd = dict(TH=8, TW=8, RPC=rpc_f, CW=cw)
         bwd = dict(TH=8, TW=8, RPC=rpc_b, CW=cw)
     return {"fwd": dict(fwd, BLOCK_D=block_d, num_warps=warps),
-            "bwd": dict(bwd, BLOCK_D=block_d, num_warps=8 if block_d >= 64 else 4)}
+            "bwd": dict(bwd, BLOCK_D=block_d, num_warps=8 if block_d >= 64 else 4,
+                        num_stages=2 if block_d <= 64 else 3)}
 
 
 def _grid(H: int, W: int, dil: Sequence[int], cfg: Dict[str, int], batch_heads: int):

@@ -363,7 +363,8 @@ def test_triton_interpreter_matches_reference(part):
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 @pytest.mark.parametrize("hw,ks,dil,head_dim", [
     ((56, 56), (7, 7), (1, 1), 32), ((56, 56), (7, 7), (8, 8), 32), ((14, 14), (7, 7), (1, 1), 64),
-    ((28, 28), (13, 13), (1, 1), 128), ((1, 300), (1, 9), (1, 3), 8), ((12, 40), (3, 11), (2, 1), 16),
+    ((28, 28), (13, 13), (1, 1), 128), ((1, 300), (1, 9), (1, 3), 8),
+    ((12, 40), (3, 11), (2, 1), 16),
 ])
 def test_tile_config_dot_shapes(hw, ks, dil, head_dim, monkeypatch):
     """Every tl.dot has M, N, K >= 16 (Triton 3.1's minimum) in every tile configuration."""
