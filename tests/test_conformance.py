@@ -98,13 +98,7 @@ def _all_tensors(model: torch.nn.Module) -> dict:
     return out
 
 
-_WINDOW_PENDING = pytest.mark.xfail(
-    strict=True, reason="vitzoo/layers/window_attention.py (the window-op helper's file, being rewritten) has no "
-                        "reset_parameters / init_non_persistent_buffers for its bias table and index yet")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_WINDOW_PENDING) if "swin" in n else n
-                                  for n in REPRESENTATIVES])
+@pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_init_weights_after_meta_build_matches_a_normal_build(name):
     """meta build -> to_empty() -> init_weights(): finite weights with the normal build's init
     statistics; constant tensors (norm weights/biases, zero inits) and index buffers exactly equal."""

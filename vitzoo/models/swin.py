@@ -170,6 +170,20 @@ class SwinTransformer(HierarchicalBackbone):
         self.input_divisor = max(self.stem.patch_size)
         self.apply(init_linear_layernorm)
 
+    @torch.no_grad()
+    def _init_family_weights(self) -> None:
+        """`init_weights()`: each window mixer's bias table (trunc_normal 0.02) and its offset index (a
+        non-persistent buffer, garbage after `to_empty()`) for its current window; Linear/LayerNorm as built."""
+        from ..layers.window import relative_position_index
+        from timm.layers import trunc_normal_
+        for m in self.modules():
+            if isinstance(m, ShiftedWindowAttention):
+                trunc_normal_(m.relative_position_bias_table, std=0.02)
+                idx = m.relative_position_index
+                idx.copy_(relative_position_index(*m.window_size, device=idx.device))
+                m._masks.clear()
+        super()._init_family_weights()
+
     # ---- input sizes ------------------------------------------------------------------------
     def check_img_size(self, height: int, width: int) -> None:
         name = type(self).__name__
