@@ -82,6 +82,21 @@ def test_reset_classifier_to_zero_and_back_keeps_the_pool(name):
 
 
 @pytest.mark.parametrize("name", REPRESENTATIVES)
+def test_reset_classifier_after_an_unpooled_head_and_train_mode(name):
+    """timm's default-cfg sequence: (0, '') then (0) then (2) builds a classifier again (MetaFormer, EfficientViT,
+    SHViT: on their last pool; others, like timm, on the unpooled output); new layers follow eval mode."""
+    model = timm.create_model(name).eval()
+    x = seeded_input(input_size(name), 1)
+    model.reset_classifier(0, "")
+    model.reset_classifier(0)
+    model.reset_classifier(2)
+    assert all(not m.training for m in model.modules()), "a new head layer is in training mode"
+    if any(k in name for k in ("former_", "poolformer", "efficientvit", "shvit")) and "spectformer" not in name:
+        with torch.no_grad():
+            assert model(x).shape == (1, 2)
+
+
+@pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_reset_classifier_builds_on_the_model_device_and_dtype(name):
     model = timm.create_model(name).to(torch.float64)
     model.reset_classifier(3)
