@@ -13,7 +13,7 @@ from train_helpers import FAST, TINY, make_folder, run_cli
 import vitzoo
 from vitzoo.cli.errors import ConfigError
 from vitzoo.cli.recipes import all_recipes, resolve_recipe
-from vitzoo.cli.train import train
+from vitzoo.cli.train import main as cli_main, train
 from vitzoo.cli.train_args import build_parser, load_config, parse_args
 
 
@@ -47,20 +47,23 @@ def test_yaml_good_values_keep_types(tmp_path):
 
 
 @pytest.mark.parametrize('text', ['lr: [1, 2\n', 'a: b: c\n', '- 1\n- 2\n'])
-def test_yaml_syntax_or_shape_error_is_one_line_exit_2(tmp_path, text):
+def test_yaml_syntax_or_shape_error_is_one_line_exit_2(tmp_path, capsys, text):
     cfg = tmp_path / 'bad.yaml'
     cfg.write_text(text)
-    r = run_cli('x', '--config', str(cfg))
-    assert r.returncode == 2 and 'Traceback' not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and 'bad.yaml' in r.stderr
+    assert cli_main(['x', '--config', str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and 'bad.yaml' in err and err.startswith('error: ')
 
 
-def test_argument_errors_are_one_line_exit_2(tmp_path):
+def test_argument_errors_are_one_line_exit_2(tmp_path, capsys):
     for argv in (['x', '--epochs', '1.7'], ['x', '--clip-mode', 'bogus'], ['x', '--grad-accum-steps', '0'],
                  ['x', '--resume', 'auto']):
-        r = run_cli(*argv, '--output', str(tmp_path))
-        assert r.returncode == 2, (argv, r.stderr)
-        assert len(r.stderr.strip().splitlines()) == 1 and 'Traceback' not in r.stderr, r.stderr
+        assert cli_main([*argv, '--output', str(tmp_path)]) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith('error: '), err
+    # and from the shell: exit status 2, one line, no traceback
+    r = run_cli('x', '--epochs', '1.7')
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and 'Traceback' not in r.stderr
 
 
 def test_every_option_has_help_and_shows_default():

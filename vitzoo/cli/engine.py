@@ -160,6 +160,10 @@ class Trainer:
                 with self.amp_autocast():
                     loss = self.loss_fn(self.model(x), y)
                 finite = bool(torch.isfinite(loss))
+                if args.distributed:  # every rank skips together, or DDP would wait for the others
+                    flag = torch.tensor([1.0 if finite else 0.0], device=self.device)
+                    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+                    finite = bool(flag.item() > 0)
                 if finite:
                     scaled = loss / accum
                     if self.loss_scaler is not None:

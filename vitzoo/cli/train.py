@@ -286,8 +286,14 @@ class Saver:
             s['state_dict_ema'] = self.model_ema.module.state_dict()
         if self.loss_scaler is not None:
             s['scaler'] = self.loss_scaler.state_dict()
-        if rng:
-            s['rng'] = ckpts.rng_state()
+        if rng:  # one state per rank: each rank's drop path etc. continues its own stream
+            mine = ckpts.rng_state()
+            if self.args.distributed:
+                states = [None] * self.args.world_size
+                torch.distributed.all_gather_object(states, mine)
+            else:
+                states = [mine]
+            s['rng'] = states
         return s
 
     def _check_finite(self, progress: Progress, what: str) -> None:
@@ -351,10 +357,16 @@ class Saver:
         if ckpt.get('metric_key') == self.metric_key:
             self.best_metric, self.best_epoch = ckpt.get('best_metric'), ckpt.get('best_epoch')
         epoch, step = ckpts.progress_of(ckpt)
+        rng = ckpt.get('rng') if step else None
+        if isinstance(rng, list):
+            if len(rng) != self.args.world_size:
+                _logger.warning(f'{path} was written by {len(rng)} processes, this run has '
+                                f'{self.args.world_size}: the resumed epoch will not be bit-exact')
+            rng = rng[self.args.rank] if self.args.rank < len(rng) else rng[0]
         return Progress(epoch=epoch, step=step, num_updates=int(ckpt.get('num_updates', 0)),
                         loss_sum=float(ckpt.get('loss_sum', 0.0)) if step else 0.0,
                         n_seen=int(ckpt.get('n_seen', 0)) if step else 0,
-                        nonfinite=int(ckpt.get('nonfinite', 0)), rng=ckpt.get('rng') if step else None)
+                        nonfinite=int(ckpt.get('nonfinite', 0)), rng=rng)
 
 
 # ----------------------------------------------------------------------------------------------
