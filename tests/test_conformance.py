@@ -218,3 +218,31 @@ def test_evit_intermediates_are_dense_maps_with_tokens_at_their_cells():
     feats = timm.create_model("vitzoo_evit_deit_tiny_patch16_224", features_only=True, out_indices=(3, 7, 11)).eval()
     with torch.no_grad():
         assert [tuple(o.shape) for o in feats(x)] == [(2, 192, 14, 14)] * 3
+
+
+# ---- DDP on a features_only backbone ---------------------------------------------------------------
+def _ddp_worker(rank: int, world: int, init_file: str, name: str, kwargs: dict) -> None:
+    import torch.distributed as dist
+    import vitzoo  # noqa: F401  (registers the zoo in the spawned process)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = timm.create_model(name, features_only=True, **kwargs)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)  # find_unused_parameters=False: DDP's strict mode
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(rank))
+        for _ in range(2):  # an unused parameter makes the second step raise
+            ddp.zero_grad()
+            _outputs_sum(ddp(x)).backward()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes: ~1 min on 2 cores; the gradient check above is the fast proxy
+@pytest.mark.parametrize("name, kwargs", [
+    ("vitzoo_caformer_s18", dict(depths=(1, 1, 1, 1))),
+    ("vitzoo_spectformer_h_s", dict(depths=(1, 1, 1, 1), img_size=64)),
+])
+def test_features_only_backbone_trains_under_ddp(name, kwargs, tmp_path):
+    """Two gloo processes, DDP without find_unused_parameters, two steps (the check timm's pruning is for)."""
+    import torch.multiprocessing as mp
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), name, kwargs), nprocs=2, join=True)
