@@ -65,14 +65,19 @@ def _tile_override() -> Optional[Tuple[int, int]]:
 
 
 def tile_config(H: int, W: int, ks: Sequence[int], dil: Sequence[int], head_dim: int,
-                elem_bytes: int = 2) -> Dict[str, Dict[str, int]]:
+                elem_bytes: int = 2, ieee: bool = False) -> Dict[str, Dict[str, int]]:
     """Tile configuration of one call: ``{"fwd": {...}, "bwd": {...}}`` launch meta-parameters.
 
     Every ``tl.dot`` has M = TH*TW, N = RPC*CW and K = BLOCK_D all >= 16 (Triton 3.1's minimum).
     fp32 inputs (``elem_bytes`` 4) take chunks of half the rows: their operands need twice the
-    registers.
+    registers. IEEE fp32 dots (``ieee``) run on FMA units, not tensor cores, and need far more
+    registers still: 4x8 tiles, 16/32-slot chunks and 8 warps keep them from spilling.
     """
     cfg = {name: dict(c) for name, c in _tile_config(H, W, ks, dil, head_dim).items()}
+    if elem_bytes >= 4 and ieee and H > 1 and _tile_override() is None:
+        cfg["fwd"].update(TH=4, TW=8, RPC=2, CW=8, num_warps=8)
+        cfg["bwd"].update(TH=4, TW=8, RPC=4, CW=8, num_warps=8)
+        return cfg
     if elem_bytes >= 4:
         for name, c in cfg.items():
             floor = -(-16 // c["CW"])                                  # N >= 16
@@ -183,7 +188,8 @@ def na2d_triton_forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
     kh, kw, dh, dw = int(ks[0]), int(ks[1]), int(dil[0]), int(dil[1])
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, W, NH), dtype=torch.float32, device=q.device)
-    cfg = tile_config(H, W, (kh, kw), (dh, dw), D, q.element_size())["fwd"]
+    cfg = tile_config(H, W, (kh, kw), (dh, dw), D, q.element_size(),
+                      _dot_meta(q)["PREC"] == "ieee")["fwd"]
     grid, nth, ntw = _grid(H, W, (dh, dw), cfg, B * NH)
     rpb2, ncw = _rpb_expanded(rpb, q, cfg, inverse=False)
     _na_fwd_kernel[grid](q, k, v, rpb2, out, lse,
@@ -225,7 +231,8 @@ def na2d_triton_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb:
     B, H, W, NH, D = q.shape
     kh, kw, dh, dw = int(ks[0]), int(ks[1]), int(dil[0]), int(dil[1])
     grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
-    cfg = tile_config(H, W, (kh, kw), (dh, dw), D, q.element_size())["bwd"]
+    cfg = tile_config(H, W, (kh, kw), (dh, dw), D, q.element_size(),
+                      _dot_meta(q)["PREC"] == "ieee")["bwd"]
     rows = B * H * W * NH
     delta = torch.empty((B, H, W, NH), dtype=torch.float32, device=q.device)
     block_r = 64

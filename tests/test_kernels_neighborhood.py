@@ -198,7 +198,9 @@ def test_validation_errors():
 # (3) Triton kernels in the interpreter (CPU). Runs in child processes so TRITON_INTERPRET=1 is
 # set before triton (imported by torch) is loaded. ``tile`` "4x4" sets VITZOO_NA_TILE so tiny
 # maps span several query/key tiles and the chunk loops run several times; "" = the launcher's
-# own tile table (8x8 tiles, the dense single-chunk path for groups <= 8x8).
+# own tile table (8x8 tiles, the dense single-chunk path for groups <= 8x8); "ieee" = the table
+# for IEEE fp32 dots (4x8 tiles). In the interpreter "" runs fp32 with the TF32 setting, whose
+# tiles the tensor-core path uses: the interpreter computes every dot in full fp32 anyway.
 # ----------------------------------------------------------------------------------------------
 INTERP_CASES = [
     # (tile, B, H, W, heads, head_dim, ks, dil, rpb, dtype)
@@ -213,6 +215,7 @@ INTERP_CASES = [
     ("", 1, 7, 7, 1, 16, (5, 5), (1, 1), True, "float32"),        # dense path, clamped windows
     ("", 1, 10, 17, 1, 16, (5, 5), (1, 1), True, "float32"),      # 8x8 tiles
     ("", 1, 20, 18, 1, 24, (11, 13), (1, 1), True, "float32"),    # k 13: 32-wide chunks
+    ("ieee", 1, 11, 13, 1, 16, (5, 7), (1, 1), True, "float32"),  # IEEE fp32 tiles
     ("4x4", 1, 9, 10, 1, 16, (3, 3), (1, 2), True, "bfloat16"),
     ("", 1, 14, 14, 1, 32, (7, 7), (2, 2), True, "bfloat16"),     # dense path in bf16
     ("4x4", 1, 8, 9, 1, 16, (5, 3), (1, 1), False, "float16"),
@@ -230,8 +233,11 @@ def _check_triton_case(tile, B, H, W, nh, hd, ks, dil, use_rpb, dtype, device):
     tri.na2d_triton_forward = lambda *a: calls.append("f") or fwd(*a)
     tri.na2d_triton_backward = lambda *a: calls.append("b") or bwd(*a)
     old_tile = os.environ.pop("VITZOO_NA_TILE", None)
-    if tile:
+    old_prec = os.environ.pop("VITZOO_NA_FP32_PRECISION", None)
+    if tile not in ("", "ieee"):
         os.environ["VITZOO_NA_TILE"] = tile
+    if tile == "" and device == "cpu":
+        os.environ["VITZOO_NA_FP32_PRECISION"] = "tf32"
     try:
         g = torch.Generator().manual_seed(B * 100 + H * 10 + W)
         base = [torch.randn(B, H, W, nh, hd, generator=g) for _ in range(3)]
@@ -255,8 +261,11 @@ def _check_triton_case(tile, B, H, W, nh, hd, ks, dil, use_rpb, dtype, device):
     finally:
         tri.na2d_triton_forward, tri.na2d_triton_backward = fwd, bwd
         os.environ.pop("VITZOO_NA_TILE", None)
+        os.environ.pop("VITZOO_NA_FP32_PRECISION", None)
         if old_tile is not None:
             os.environ["VITZOO_NA_TILE"] = old_tile
+        if old_prec is not None:
+            os.environ["VITZOO_NA_FP32_PRECISION"] = old_prec
 
 
 def _check_1d_strided_deterministic():
@@ -372,9 +381,13 @@ def test_tile_config_dot_shapes(hw, ks, dil, head_dim, monkeypatch):
 
     for tile in ("", "4x4", "2x8"):
         monkeypatch.setenv("VITZOO_NA_TILE", tile)
-        for cfg in tile_config(*hw, ks, dil, head_dim).values():
-            assert cfg["TH"] * cfg["TW"] >= 16 and cfg["RPC"] * cfg["CW"] >= 16, cfg
-            assert cfg["BLOCK_D"] >= max(16, head_dim), cfg
+        for elem_bytes, ieee in ((2, False), (4, False), (4, True)):
+            cfgs = tile_config(*hw, ks, dil, head_dim, elem_bytes, ieee)
+            for cfg in cfgs.values():
+                assert cfg["TH"] * cfg["TW"] >= 16 and cfg["RPC"] * cfg["CW"] >= 16, cfg
+                assert cfg["BLOCK_D"] >= max(16, head_dim), cfg
+            bwd = cfgs["bwd"]
+            assert bwd["TH"] == 1 or bwd["TH"] * bwd["RPC"] >= 16, bwd   # d(rpb) bins' dots
     monkeypatch.setenv("VITZOO_NA_TILE", "3x3")
     with pytest.raises(ValueError, match="VITZOO_NA_TILE"):
         tile_config(*hw, ks, dil, head_dim)
