@@ -370,6 +370,30 @@ def test_cuda_swin_parity_and_determinism(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("zoo_name,size,timm_kwargs", [
+    ("vitzoo_swin_tiny_patch4_window7_224", 224, {}),
+    ("vitzoo_swin_tiny_patch4_window12_384", 384, dict(img_size=384, window_size=12))])
+def test_cuda_swin_parity_224_384(zoo_name, size, timm_kwargs, monkeypatch):
+    """Registered layouts at their sizes (window 7 and 12) on the kernels, fp32, vs timm."""
+    import timm
+
+    from vitzoo.models.swin import checkpoint_filter_fn
+
+    monkeypatch.setenv("VITZOO_KERNELS", "triton")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    t = timm.create_model("swin_tiny_patch4_window7_224", **timm_kwargs).cuda().eval()
+    m = timm.create_model(zoo_name)
+    m.load_state_dict(checkpoint_filter_fn(t.state_dict(), m))
+    m = m.cuda().eval()
+    x = torch.randn(2, 3, size, size, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), t(x), rtol=0, atol=1e-4)
+
+
 def test_padded_qkv_bias_tokens_take_part(monkeypatch):
     """timm pads the *input*: in unshifted blocks the padded tokens are keys whose k/v are the qkv
     bias (in shifted blocks they form their own mask region). Zeroing the padded rows of qkv
