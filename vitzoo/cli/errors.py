@@ -40,4 +40,8 @@ class Interrupted(Exception):
 def one_line(err: BaseException) -> str:
     """The message's last non-empty line (a DataLoader worker's error carries a traceback)."""
     lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
+    if not lines:
+        return type(err).__name__
+    last = lines[-1]
+    head, sep, rest = last.partition(': ')  # 'vitzoo.cli.data.CorruptImageError: ...' from a worker
+    return rest if sep and head.replace('.', '').replace('_', '').isalnum() and head.endswith(('Error', 'Exception')) else last
