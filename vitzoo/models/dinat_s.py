@@ -71,10 +71,11 @@ default_cfgs = generate_default_cfgs({
 _TINY = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
 _SMALL = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
 _BASE = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
-# Large keeps Base's heads (4, 8, 16, 32), not Swin-L's (6, 12, 24, 48): that is what the official
-# dinats.py builds for dinat_s_large/_large_384/_large_21k (checked at SHI-Labs commits 7816457 and
-# 0266241): a state dict of that code has rpb [4|8|16|32, 13, 13] and 196,500,704 parameters.
-_LARGE = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
+# Large has Swin-L's heads (6, 12, 24, 48), as the official DiNAT-s Large checkpoints and the
+# issue's measurement of the official code (196,532,476 / 228,565,093 parameters) give. An older
+# copy of the official dinats.py (SHI-Labs commit 7816457) reads (4, 8, 16, 32) for Large; pass
+# num_heads=(4, 8, 16, 32) to build that layout.
+_LARGE = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
 
 
 def _dil(cfg: dict[str, Any], dilations: tuple[int, ...] = (8, 4, 2, 1)) -> dict[str, Any]:
