@@ -72,14 +72,12 @@ class CascadedGroupAttention(nn.Module):
         for i, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):
             if i > 0:
                 feat = feat + chunks[i]
-            qkv_out = qkv(feat)
-            q, k, v = dw(qkv_out[:, :kd]), qkv_out[:, kd:2 * kd], qkv_out[:, 2 * kd:]
-            # [B, 1, N, d] per head for SDPA: attention over the window's N positions
-            q = q.flatten(2).transpose(1, 2).unsqueeze(1)
-            k = k.flatten(2).transpose(1, 2).unsqueeze(1)
-            v = v.flatten(2).transpose(1, 2).unsqueeze(1)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[i].to(q.dtype), scale=self.scale)
-            feat = out.squeeze(1).transpose(1, 2).reshape(B, self.val_dim, H, W)
+            q, k, v = qkv(feat).split([kd, kd, self.val_dim], dim=1)
+            # channels-first matmuls on the [B, d, N] maps: no transposed copies (the small
+            # windows make SDPA's layout shuffles cost more than the attention itself on CPU)
+            q, k, v = dw(q).flatten(2), k.flatten(2), v.flatten(2)
+            attn = ((q * self.scale).transpose(-2, -1) @ k + bias[i].to(q.dtype)).softmax(dim=-1)
+            feat = (v @ attn.transpose(-2, -1)).view(B, self.val_dim, H, W)
             outs.append(feat)
         return self.proj(torch.cat(outs, dim=1))
 

@@ -50,7 +50,7 @@ class SingleHeadAttention(nn.Module):
         B, _, H, W = x.shape
         x1, x2 = x.split([self.pdim, self.dim - self.pdim], dim=1)
         q, k, v = self.qkv(self.pre_norm(x1)).split([self.qk_dim, self.qk_dim, self.pdim], dim=1)
-        q, k, v = (t.flatten(2).transpose(1, 2).unsqueeze(1) for t in (q, k, v))  # [B, 1, N, d]
-        x1 = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        x1 = x1.squeeze(1).transpose(1, 2).reshape(B, self.pdim, H, W)
+        q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)  # [B, d, N]: channels-first matmuls, no copies
+        attn = ((q * self.scale).transpose(-2, -1) @ k).softmax(dim=-1)
+        x1 = (v @ attn.transpose(-2, -1)).reshape(B, self.pdim, H, W)
         return self.proj(torch.cat([x1, x2], dim=1))
