@@ -71,10 +71,11 @@ def test_one_epoch_writes_summary_and_checkpoint(data, tmp_path):
 
 
 def test_resume_continues_from_next_epoch(data, tmp_path):
-    run(data, tmp_path / 'out', '--experiment', 'r', '--epochs', '1')
+    # min-lr > 0: the resumed scheduler keeps the first run's 1-epoch horizon, so epoch 1 runs at min-lr
+    run(data, tmp_path / 'out', '--experiment', 'r', '--epochs', '1', '--min-lr', '1e-5')
     last = tmp_path / 'out' / 'r' / 'last.pth.tar'
     before = load_safely(last)['state_dict']
-    result = run(data, tmp_path / 'out', '--experiment', 'r', '--epochs', '2', '--resume', str(last))
+    result = run(data, tmp_path / 'out', '--experiment', 'r', '--epochs', '2', '--min-lr', '1e-5', '--resume', str(last))
     rows = (tmp_path / 'out' / 'r' / 'summary.csv').read_text().strip().splitlines()
     assert [r.split(',')[0] for r in rows[1:]] == ['0', '1']  # epoch 0 not trained again
     after = load_safely(last)

@@ -158,7 +158,9 @@ class Trainer:
             sync = nullcontext() if boundary or not hasattr(self.model, 'no_sync') else self.model.no_sync()
             with sync:
                 with self.amp_autocast():
-                    loss = self.loss_fn(self.model(x), y)
+                    out = self.model(x)
+                    loss = self.loss_fn(out, y, x) if getattr(self.loss_fn, 'needs_inputs', False) \
+                        else self.loss_fn(out, y)
                 finite = bool(torch.isfinite(loss))
                 if args.distributed:  # every rank skips together, or DDP would wait for the others
                     flag = torch.tensor([1.0 if finite else 0.0], device=self.device)

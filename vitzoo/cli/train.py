@@ -26,12 +26,14 @@ import yaml
 
 import timm
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader, resolve_data_config
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.layers import convert_sync_batchnorm, set_fast_norm
+from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.utils import ModelEmaV3, distribute_bn, init_distributed_device, random_seed, setup_default_logging
 
 from . import checkpoints as ckpts
+from . import distill
 from .data import (
     CorruptImageError, SkippingImageDataset, check_same_classes, find_split_dir, preflight,
     shard_eval_loader)
@@ -61,7 +63,8 @@ __all__ = ['train', 'main', 'build_parser', 'load_config', 'parse_args', 'keep_r
 def create_datasets(args: argparse.Namespace):
     """(train, eval or None): one class-to-index map, from train, for both image-folder splits."""
     if args.dataset:
-        common = dict(root=args.data_dir, class_map=args.class_map, batch_size=args.batch_size, seed=args.seed)
+        common = dict(root=args.data_dir, class_map=args.class_map, batch_size=args.batch_size, seed=args.seed,
+                      download=args.dataset_download)
         tr = create_dataset(args.dataset, split=args.train_split, is_training=True, **common)
         ev = create_dataset(args.dataset, split=args.val_split, is_training=False, **common) if args.val_split else None
         return tr, ev
@@ -99,6 +102,9 @@ def create_model_from_args(args: argparse.Namespace, num_classes: Optional[int])
     """timm.create_model with the training flags (dropout, stochastic depth, kwargs)."""
     check_model_name(args.model)
     kwargs = dict(args.model_kwargs or {})
+    for flag, key in (('drop_block', 'drop_block_rate'), ('bn_momentum', 'bn_momentum'), ('bn_eps', 'bn_eps')):
+        if getattr(args, flag, None) is not None:  # only models that take them get them (as in timm)
+            kwargs[key] = getattr(args, flag)
     if args.pretrained_path:
         kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path)
     try:
@@ -110,8 +116,37 @@ def create_model_from_args(args: argparse.Namespace, num_classes: Optional[int])
     if args.initial_checkpoint:
         path = args.initial_checkpoint
         ckpts.load_weights(model, ckpts.model_state(ckpts.load_file(path)), path)
+    if args.head_init_scale is not None or args.head_init_bias is not None:
+        head = model.get_classifier()
+        with torch.no_grad():
+            if args.head_init_scale is not None:
+                head.weight.mul_(args.head_init_scale)
+                if head.bias is not None:
+                    head.bias.mul_(args.head_init_scale)
+            if args.head_init_bias is not None and head.bias is not None:
+                nn.init.constant_(head.bias, args.head_init_bias)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
+    return model
+
+
+def apply_sync_bn(model: nn.Module, args: argparse.Namespace, device: torch.device, primary: bool) -> nn.Module:
+    """`--sync-bn`: SyncBatchNorm under DDP (dist-bn off, as in timm); one process: a noted no-op."""
+    if not args.sync_bn:
+        return model
+    if args.fsdp:
+        raise ConfigError("argument 'sync_bn': not supported with --fsdp (use DDP)")
+    if not args.distributed:
+        if primary:
+            _logger.info('--sync-bn: one process, nothing to synchronise (BatchNorm left as is)')
+        return model
+    if device.type == 'cpu':
+        raise ConfigError("argument 'sync_bn': torch's SyncBatchNorm needs accelerator devices, "
+                          "this DDP run is on CPU (leave --sync-bn off; --dist-bn syncs the statistics)")
+    args.dist_bn = ''  # statistics are already synchronised every step
+    model = convert_sync_batchnorm(model)
+    if primary:
+        _logger.info('converted BatchNorm layers to SyncBatchNorm')
     return model
 
 
@@ -186,7 +221,10 @@ def build_loaders(args: argparse.Namespace, data_config: dict, dataset_train, da
         if args.distributed:
             loader_eval = shard_eval_loader(loader_eval, args.rank, args.world_size)
         _quiet_workers(loader_eval)
-    if mixup_active:
+    if args.bce_loss:
+        loss_fn = BinaryCrossEntropy(smoothing=0. if mixup_active else args.smoothing,
+                                     target_threshold=args.bce_target_thresh)
+    elif mixup_active:
         loss_fn = SoftTargetCrossEntropy()
     elif args.smoothing:
         loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
@@ -377,6 +415,8 @@ def _setup_runtime(args: argparse.Namespace) -> torch.device:
     args.prefetcher = not args.no_prefetcher
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.fast_norm:
+        set_fast_norm()
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
@@ -416,10 +456,13 @@ def train(argv: Optional[Sequence[str]] = None) -> dict:
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     keep_rate = keep_rate_schedule(model, *args.keep_rate_warmup) if args.keep_rate_warmup else None
+    model = apply_sync_bn(model, args, device, primary)
 
     if args.lr is None:
         global_batch = args.batch_size * args.world_size * args.grad_accum_steps
         ratio = global_batch / args.lr_base_size
+        if not args.lr_base_scale:  # timm's rule: sqrt for adaptive optimizers, else linear
+            args.lr_base_scale = 'sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear'
         args.lr = args.lr_base * (ratio ** 0.5 if args.lr_base_scale == 'sqrt' else ratio)
         if primary:
             _logger.info(f'lr {args.lr:.3g} = lr_base {args.lr_base} x ({global_batch} / '
@@ -440,10 +483,16 @@ def train(argv: Optional[Sequence[str]] = None) -> dict:
     if args.torchcompile:
         model = torch.compile(model, backend=args.torchcompile)
     if args.distributed and not args.fsdp:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == 'cuda' else None,
+                                                    broadcast_buffers=not args.no_ddp_bb)
 
     loader_train, loader_eval, mixup_fn, train_loss_fn = build_loaders(
         args, data_config, dataset_train, dataset_eval, args.num_classes, device)
+    train_loss_fn = distill.wrap_loss(args, unwrap(model), train_loss_fn, args.num_classes, device)
+    if args.distill_teacher and primary:
+        note = distill.student_note(unwrap(model))
+        _logger.info(f'distilling from {args.distill_teacher} ({args.distill_type}, alpha {args.distill_alpha})'
+                     + (f'; {note}' if note else ''))
     updates_per_epoch = -(-len(loader_train) // args.grad_accum_steps)
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, **scheduler_kwargs(args, decreasing_metric=args.eval_metric == 'loss'),

@@ -16,8 +16,10 @@ from typing import Any, Optional, Sequence
 import yaml
 from timm.utils import ParseKwargs
 
+from . import distill
 from .errors import ConfigError
 from .recipes import resolve_recipe
+from .timm_dialect import add_unsupported, at_timm_default, check_unsupported, rename_keys
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -49,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--train-split', default='train', metavar='NAME', help="train split folder ('train' finds 'training')")
     g.add_argument('--val-split', default='validation', metavar='NAME',
                    help="'validation' also finds a 'val' folder; '' to skip evaluation")
+    g.add_argument('--dataset-download', action='store_true',
+                   help='let a timm dataset (torch/..., tfds/...) download itself')
     g.add_argument('--class-map', default='', metavar='FILE', help='class-to-index map file (default: the train folders, sorted)')
     g.add_argument('--input-img-mode', default=None, metavar='MODE', help="PIL mode images are converted to (default 'RGB')")
     g.add_argument('--strict-data', action='store_true',
@@ -86,18 +90,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
                    metavar='KEY=VALUE', help='extra create_model kwargs')
     g.add_argument('--drop', type=float, default=None, metavar='PCT', help='dropout rate')
-    g.add_argument('--drop-path', type=float, default=None, metavar='PCT', help='stochastic depth rate')
+    g.add_argument('--drop-path', '--drop-connect', type=float, default=None, metavar='PCT', help='stochastic depth rate')
+    g.add_argument('--drop-block', type=float, default=None, metavar='PCT', help='DropBlock rate (models that take it)')
+    g.add_argument('--bn-momentum', type=float, default=None, metavar='M', help='BatchNorm momentum override (models that take it)')
+    g.add_argument('--bn-eps', type=float, default=None, metavar='EPS', help='BatchNorm epsilon override (models that take it)')
+    g.add_argument('--head-init-scale', type=float, default=None, metavar='F', help='scale the classifier init by F')
+    g.add_argument('--head-init-bias', type=float, default=None, metavar='B', help='classifier bias init value')
+    g.add_argument('--fast-norm', action='store_true', help="timm's fast-norm (low-precision LayerNorm/GroupNorm paths)")
+    g.add_argument('--sync-bn', action='store_true',
+                   help='SyncBatchNorm across DDP processes (a no-op, noted, on one process; refused with --fsdp)')
 
     g = p.add_argument_group('Optimizer')
-    g.add_argument('--opt', default='adamw', metavar='NAME', help='timm optimizer name')
+    g.add_argument('--opt', default='sgd', metavar='NAME', help='timm optimizer name')
     g.add_argument('--opt-eps', default=None, type=float, metavar='EPS', help="optimizer epsilon (default: the optimizer's)")
     g.add_argument('--opt-betas', default=None, type=float, nargs='+', metavar='BETA', help="optimizer betas (default: the optimizer's)")
     g.add_argument('--momentum', type=float, default=0.9, metavar='M', help='SGD momentum')
-    g.add_argument('--weight-decay', type=float, default=0.05, metavar='WD', help='weight decay')
+    g.add_argument('--weight-decay', type=float, default=2e-5, metavar='WD', help='weight decay')
     g.add_argument('--clip-grad', type=float, default=None, metavar='NORM', help='gradient clipping threshold (off by default)')
     g.add_argument('--clip-mode', default='norm', choices=('norm', 'value', 'agc'), help='gradient clipping mode')
     g.add_argument('--layer-decay', type=float, default=None, metavar='RATE', help='layer-wise lr decay (off by default)')
-    g.add_argument('--opt-kwargs', dest='opt_args', nargs='*', default={}, action=ParseKwargs,
+    g.add_argument('--layer-decay-min-scale', type=float, default=None, metavar='F', help='floor of the layer-wise lr scale')
+    g.add_argument('--layer-decay-no-opt-scale', type=float, default=None, metavar='F',
+                   help='layers whose layer-decay scale is below F are frozen')
+    g.add_argument('--opt-foreach', action='store_true', default=None, help="optimizer's foreach implementation")
+    g.add_argument('--opt-kwargs', '--opt-args', dest='opt_args', nargs='*', default={}, action=ParseKwargs,
                    metavar='KEY=VALUE', help='extra optimizer kwargs')
     g.add_argument('--grad-accum-steps', type=int, default=1, metavar='N',
                    help='micro-batches accumulated per optimizer update (lr scales with batch x N)')
@@ -107,11 +123,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--sched-on-updates', action='store_true', help='step the schedule per update')
     g.add_argument('--lr', type=float, default=None, metavar='LR',
                    help='learning rate; default: lr_base * global_batch / lr_base_size')
-    g.add_argument('--lr-base', type=float, default=1e-3, metavar='LR', help='lr at --lr-base-size')
-    g.add_argument('--lr-base-size', type=int, default=1024, metavar='N', help='global batch the base lr is for')
-    g.add_argument('--lr-base-scale', default='linear', choices=('linear', 'sqrt'), help='lr scaling rule')
-    g.add_argument('--warmup-lr', type=float, default=1e-6, metavar='LR', help='lr at the start of warm-up')
-    g.add_argument('--min-lr', type=float, default=1e-5, metavar='LR', help='lr floor of the schedule')
+    g.add_argument('--lr-base', type=float, default=0.1, metavar='LR', help='lr at --lr-base-size')
+    g.add_argument('--lr-base-size', type=int, default=256, metavar='N', help='global batch the base lr is for')
+    g.add_argument('--lr-base-scale', default='', choices=('', 'linear', 'sqrt'),
+                   help="lr scaling rule ('': sqrt for Ada*/LAMB optimizers, else linear)")
+    g.add_argument('--lr-noise', type=float, nargs='+', default=None, metavar='PCT', help='lr noise on/off epoch fractions')
+    g.add_argument('--lr-noise-pct', type=float, default=0.67, metavar='PCT', help='lr noise limit')
+    g.add_argument('--lr-noise-std', type=float, default=1.0, metavar='STD', help='lr noise std-dev')
+    g.add_argument('--lr-cycle-mul', type=float, default=1.0, metavar='MULT', help='cycle length multiplier')
+    g.add_argument('--lr-cycle-decay', type=float, default=0.5, metavar='MULT', help='lr decay per cycle')
+    g.add_argument('--lr-cycle-limit', type=int, default=1, metavar='N', help='cycles (restarts when > 1)')
+    g.add_argument('--lr-k-decay', type=float, default=1.0, metavar='K', help='k-decay of cosine/poly schedules')
+    g.add_argument('--warmup-lr', type=float, default=1e-5, metavar='LR', help='lr at the start of warm-up')
+    g.add_argument('--min-lr', type=float, default=0., metavar='LR', help='lr floor of the schedule')
     g.add_argument('--epochs', type=int, default=300, metavar='N', help='epochs (cooldown comes on top)')
     g.add_argument('--start-epoch', type=int, default=None, metavar='N', help='override the start epoch (default: 0 or the resumed one)')
     g.add_argument('--decay-milestones', default=[90, 180, 270], type=int, nargs='+', metavar='N', help='multistep milestones')
@@ -120,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--warmup-prefix', action='store_true', help='warm-up is not part of the decay')
     g.add_argument('--cooldown-epochs', type=int, default=0, metavar='N', help='epochs at min lr after the schedule')
     g.add_argument('--patience-epochs', type=int, default=10, metavar='N', help='plateau patience')
-    g.add_argument('--decay-rate', type=float, default=0.1, metavar='RATE', help='step/plateau decay factor')
+    g.add_argument('--decay-rate', '--dr', type=float, default=0.1, metavar='RATE', help='step/plateau decay factor')
 
     g = p.add_argument_group('Augmentation and regularization')
     g.add_argument('--no-aug', action='store_true', help='no train augmentation')
@@ -143,10 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--mixup-mode', default='batch', choices=('batch', 'pair', 'elem'), help='mixup granularity')
     g.add_argument('--mixup-off-epoch', type=int, default=0, metavar='N', help='turn mixup off from this epoch (0: never)')
     g.add_argument('--smoothing', type=float, default=0.1, metavar='F', help='label smoothing')
+    g.add_argument('--bce-loss', action='store_true', help='binary cross-entropy loss (also with mixup/cutmix)')
+    g.add_argument('--bce-target-thresh', type=float, default=None, metavar='T',
+                   help='binarise soft BCE targets at T (off by default)')
     g.add_argument('--train-interpolation', default='random', metavar='NAME', help='train resize interpolation')
     g.add_argument('--keep-rate-warmup', type=float, nargs=2, default=None, metavar=('START', 'END'),
                    help="EViT-style models (set_keep_rate): keep all tokens until epoch START, then "
                         "cosine down to the model's keep rate at END (official: 10 110)")
+
+    distill.add_args(p.add_argument_group('Knowledge distillation (DeiT)'))
 
     g = p.add_argument_group('EMA')
     g.add_argument('--model-ema', action='store_true', help='keep an EMA of the weights (evaluated too)')
@@ -158,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--seed', type=int, default=42, metavar='N', help='run seed (init, sampler order, workers per epoch)')
     g.add_argument('--deterministic', action='store_true', help='torch.use_deterministic_algorithms (bit-exact reruns)')
     g.add_argument('--log-interval', type=int, default=50, metavar='N', help='steps between log lines')
-    g.add_argument('--checkpoint-hist', type=int, default=3, metavar='N', help='per-epoch checkpoints kept')
-    g.add_argument('--checkpoint-interval', type=int, default=0, metavar='N',
+    g.add_argument('--checkpoint-hist', type=int, default=10, metavar='N', help='per-epoch checkpoints kept')
+    g.add_argument('--checkpoint-interval', '--recovery-interval', type=int, default=0, metavar='N',
                    help='write a recovery checkpoint every N optimizer updates inside an epoch (0: epoch ends only)')
     g.add_argument('--skip-nonfinite', type=int, default=0, metavar='N',
                    help='skip up to N steps with a non-finite loss instead of stopping at the first')
@@ -173,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--no-prefetcher', action='store_true', help="timm's prefetcher off")
     g.add_argument('--pin-mem', action='store_true', help='pinned host memory for the loaders')
     g.add_argument('--dist-bn', default='reduce', choices=('reduce', 'broadcast', ''), help='BatchNorm stats sync between ranks')
+    g.add_argument('--no-ddp-bb', action='store_true', help='DDP without broadcast buffers')
+    g.add_argument('--local_rank', '--local-rank', type=int, default=0, metavar='N',
+                   help='accepted for old launchers; the rank comes from the environment')
     g.add_argument('--fsdp', action='store_true', help='shard the model with FSDP2 (fully_shard) instead of DDP')
     g.add_argument('--output', default='', metavar='DIR', help="parent of the run folders (''= ./output/train)")
     g.add_argument('--experiment', default='', metavar='NAME',
@@ -180,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--eval-metric', default='top1', choices=('top1', 'top5', 'loss'), help='metric that ranks model_best')
     g.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True,
                    help='tqdm progress bar per epoch')
+    add_unsupported(p)
     return p
 
 
@@ -215,6 +248,8 @@ def check_value(action: argparse.Action, key: str, value: Any, where: str) -> An
         raise ConfigError(f"{where}: key '{key}' expects {expected}, got {value!r}")
 
     if isinstance(action, _BOOL_ACTIONS):
+        if value is None and action.default is None:
+            return None
         if not isinstance(value, bool):
             bad('true or false')
         return value
@@ -266,8 +301,9 @@ def load_config(path: str, parser: Optional[argparse.ArgumentParser] = None) -> 
                           f'got {type(cfg).__name__}')
     dests = config_dests(parser)
     out = {}
-    for key, value in cfg.items():
-        key = str(key).replace('-', '_')
+    for key, value in rename_keys(cfg).items():
+        if key == 'config' or at_timm_default(key, value):  # timm keys at timm's defaults: nothing to do
+            continue
         if key not in dests:
             close = difflib.get_close_matches(key, dests, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ''
@@ -294,6 +330,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.set_defaults(**load_config(pre.config, parser))
     args = parser.parse_args(argv)
     args.data_dir = args.data_dir or args.data
+    check_unsupported(args)
     _check_ranges(args)
     return args
 
