@@ -1,6 +1,7 @@
 """Timing helpers shared by the op modules (CUDA events on a GPU, perf_counter on CPU)."""
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Any, Callable, Dict, Optional
@@ -56,3 +57,18 @@ def speedup(baseline_ms: Optional[float], ms: Optional[float]) -> Optional[float
     if isinstance(baseline_ms, (int, float)) and isinstance(ms, (int, float)) and ms > 0:
         return round(baseline_ms / ms, 3)
     return None
+
+
+def with_kernels(mode: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run with ``VITZOO_KERNELS=mode`` (the ops read it at every call), restored after."""
+    def run():
+        old = os.environ.get("VITZOO_KERNELS")
+        os.environ["VITZOO_KERNELS"] = mode
+        try:
+            return fn()
+        finally:
+            if old is None:
+                os.environ.pop("VITZOO_KERNELS", None)
+            else:
+                os.environ["VITZOO_KERNELS"] = old
+    return run

@@ -8,13 +8,12 @@ neighbourhood and the rpb added in score_mod). The triton row carries ``ratio_vs
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ._timing import measure, speedup
+from ._timing import measure, speedup, with_kernels
 
 OP = "neighborhood"
 
@@ -55,20 +54,6 @@ def neighbourhood_mods(H: int, W: int, k: int, dil: int, rpb: Optional[torch.Ten
     return mask_mod, score_mod
 
 
-def _with_env(mode: str, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-    """``fn`` run with ``VITZOO_KERNELS=mode`` (read by na2d at every call)."""
-    def run():
-        old = os.environ.get("VITZOO_KERNELS")
-        os.environ["VITZOO_KERNELS"] = mode
-        try:
-            return fn()
-        finally:
-            if old is None:
-                os.environ.pop("VITZOO_KERNELS", None)
-            else:
-                os.environ["VITZOO_KERNELS"] = old
-    return run
-
 
 def configs(device: str, quick: bool) -> List[tuple]:
     """(map side, heads, dilation) to time: every valid NAT-tiny/DiNAT case, a subset if quick,
@@ -105,9 +90,9 @@ def bench_case(B: int, hw: int, heads: int, dil: int, dtype: torch.dtype, device
 
     fns: Dict[str, Callable[[], torch.Tensor]] = {}
     if "triton" in impls:
-        fns["triton"] = _with_env("triton", na_call)
+        fns["triton"] = with_kernels("triton", na_call)
     if "reference" in impls:
-        fns["reference"] = _with_env("reference", na_call)
+        fns["reference"] = with_kernels("reference", na_call)
     if "sdpa" in impls:
         fns["sdpa"] = lambda: F.scaled_dot_product_attention(
             heads_first(q), heads_first(k), heads_first(v)).transpose(1, 2)

@@ -11,12 +11,11 @@ the same computation). Routing (``r_idx``) is made once per case, outside the ti
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ._timing import measure, speedup
+from ._timing import measure, speedup, with_kernels
 
 OP = "routing"
 
@@ -54,20 +53,6 @@ def official_routed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return out.reshape(B, H, W, nh, dv)
 
 
-def _with_env(mode: str, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-    """``fn`` run with ``VITZOO_KERNELS=mode`` (read by the op at every call)."""
-    def run():
-        old = os.environ.get("VITZOO_KERNELS")
-        os.environ["VITZOO_KERNELS"] = mode
-        try:
-            return fn()
-        finally:
-            if old is None:
-                os.environ.pop("VITZOO_KERNELS", None)
-            else:
-                os.environ["VITZOO_KERNELS"] = old
-    return run
-
 
 def configs(device: str, quick: bool) -> List[tuple]:
     """(map side, heads, dim, topk): the three routed BiFormer-T stages (also when quick);
@@ -100,11 +85,11 @@ def bench_case(B: int, hw: int, heads: int, dim: int, topk: int, dtype: torch.dt
 
     fns: Dict[str, Callable[[], torch.Tensor]] = {}
     if "triton" in impls:
-        fns["triton"] = _with_env("triton", op_call)
+        fns["triton"] = with_kernels("triton", op_call)
     if "official" in impls:
         fns["official"] = lambda: official_routed_attention(q, k, v, r_idx, N_WIN, scale)
     if "reference" in impls:
-        fns["reference"] = _with_env("reference", op_call)
+        fns["reference"] = with_kernels("reference", op_call)
 
     rows: Dict[str, Dict[str, Any]] = {}
     outs: Dict[str, torch.Tensor] = {}

@@ -19,12 +19,11 @@ Eager always; ``torch.compile``d too unless ``quick``.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ._timing import measure, speedup
+from ._timing import measure, speedup, with_kernels
 
 OP = "window"
 
@@ -35,20 +34,6 @@ WINDOW, HEAD_DIM = 7, 32
 IMPLS = ("triton", "reference", "timm", "timm_fused")
 MODEL, TIMM_MODEL = "vitzoo_swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224"
 
-
-def _with_env(mode: str, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-    """``fn`` run with ``VITZOO_KERNELS=mode`` (read by the mixer and the op at every call)."""
-    def run():
-        old = os.environ.get("VITZOO_KERNELS")
-        os.environ["VITZOO_KERNELS"] = mode
-        try:
-            return fn()
-        finally:
-            if old is None:
-                os.environ.pop("VITZOO_KERNELS", None)
-            else:
-                os.environ["VITZOO_KERNELS"] = old
-    return run
 
 
 def paired_mixers(hw: int, heads: int, shift: int, device: str, dtype: torch.dtype):
@@ -92,9 +77,9 @@ def bench_case(B: int, hw: int, heads: int, shift: int, dtype: torch.dtype, devi
 
     fns: Dict[str, Callable[[], torch.Tensor]] = {}
     if "triton" in impls:
-        fns["triton"] = _with_env("triton", lambda: zoo(x))
+        fns["triton"] = with_kernels("triton", lambda: zoo(x))
     if "reference" in impls:
-        fns["reference"] = _with_env("reference", lambda: zoo(x))
+        fns["reference"] = with_kernels("reference", lambda: zoo(x))
     if "timm" in impls:
         fns["timm"] = timm_call(False)
     if "timm_fused" in impls:
