@@ -68,16 +68,23 @@ def create_teacher(args: argparse.Namespace, num_classes: int, device: torch.dev
     return teacher
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """A teacher needs its weights and a checkpoint its architecture (checked before any work)."""
+    if args.distill_checkpoint and not args.distill_teacher:
+        raise ConfigError('argument distill_checkpoint: needs --distill-teacher MODEL (the architecture)')
+    if args.distill_teacher and not args.distill_checkpoint:
+        raise ConfigError('argument distill_teacher: needs --distill-checkpoint PATH (an untrained teacher '
+                          'teaches nothing)')
+    if not 0.0 <= args.distill_alpha <= 1.0:
+        raise ConfigError(f"argument 'distill_alpha' expects a number in [0, 1], got {args.distill_alpha}")
+
+
 def wrap_loss(args: argparse.Namespace, model: nn.Module, base: nn.Module, num_classes: int,
               device: torch.device) -> nn.Module:
     """`base`, or the distillation loss around it when distillation is asked for."""
+    check_args(args)
     if not args.distill_teacher:
-        if args.distill_checkpoint:
-            raise ConfigError('argument distill_checkpoint: needs --distill-teacher MODEL (the architecture)')
         return base
-    if not args.distill_checkpoint:
-        raise ConfigError('argument distill_teacher: needs --distill-checkpoint PATH (an untrained teacher '
-                          'teaches nothing)')
     teacher = create_teacher(args, num_classes, device)
     if hasattr(model, 'set_distilled_training') and getattr(getattr(model, 'head', None), 'dist', None) is not None:
         model.set_distilled_training(args.distill_type != 'none')

@@ -331,6 +331,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.data_dir = args.data_dir or args.data
     check_unsupported(args)
+    distill.check_args(args)
     _check_ranges(args)
     return args
 
