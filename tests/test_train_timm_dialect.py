@@ -151,6 +151,25 @@ def test_distilled_head_returns_pair_and_hard_loss_matches_deit():
     assert torch.allclose(loss_fn((cls, dist), y, x), want)
     assert torch.allclose(distill.DistillationLoss(nn.CrossEntropyLoss(), teacher, 'none')((cls, dist), y, x),
                           nn.functional.cross_entropy(cls, y))
+    tau = 2.0
+    soft = distill.DistillationLoss(nn.CrossEntropyLoss(), teacher, 'soft', alpha=0.3, tau=tau)((cls, dist), y, x)
+    p_t = (t / tau).softmax(1)
+    kl = (p_t * ((t / tau).log_softmax(1) - (dist / tau).log_softmax(1))).sum() * tau * tau / dist.numel()
+    assert torch.allclose(soft, 0.7 * nn.functional.cross_entropy(cls, y) + 0.3 * kl, atol=1e-6)
+
+
+def test_timm_extras_train_one_epoch(tmp_path):
+    """BCE loss, head init, lr noise and cycles, timm's lr rule (sqrt for adamw) in one short run."""
+    import vitzoo.cli.train as cli_train
+    data = make_folder(tmp_path / 'data', classes=3, n_train=2, n_val=1, size=32)
+    res = cli_train.train([data, '--model', 'test_convnext', '--img-size', '32', '-b', '6', '--epochs', '1',
+                           '--warmup-epochs', '0', '--workers', '0', '--no-progress', '--threads', '1',
+                           '--opt', 'adamw', '--lr-base', '1e-3', '--lr-base-size', '24', '--bce-loss',
+                           '--bce-target-thresh', '0.2', '--head-init-scale', '0.5', '--head-init-bias', '0.1',
+                           '--lr-noise', '0.5', '--lr-cycle-limit', '2', '--output', str(tmp_path / 'o')])
+    assert res['train']['loss'] > 0
+    saved = yaml.safe_load((pathlib.Path(res['output_dir']) / 'args.yaml').read_text())
+    assert saved['lr'] == pytest.approx(1e-3 * (6 / 24) ** 0.5) and saved['lr_base_scale'] == 'sqrt'
 
 
 def test_distillation_trains_one_step_from_a_teacher_checkpoint(tmp_path, monkeypatch):
@@ -177,3 +196,10 @@ def test_distillation_trains_one_step_from_a_teacher_checkpoint(tmp_path, monkey
     assert calls == [(False, (6, 3, 64, 64))]  # the teacher saw the step's batch, in eval mode
     bad = main([data, '--model', 'test_convnext', '--distill-teacher', 'test_convnext', '--output', str(out)])
     assert bad == 2  # a teacher without weights is refused
+
+
+def test_head_init_flags_set_the_classifier():
+    from vitzoo.cli.train import create_model_from_args
+    args = parse_args(['d', '--model', 'test_convnext', '--head-init-scale', '0', '--head-init-bias', '0.25'])
+    head = create_model_from_args(args, 3).get_classifier()
+    assert torch.count_nonzero(head.weight) == 0 and torch.allclose(head.bias, torch.full((3,), 0.25))

@@ -103,7 +103,7 @@ def create_model_from_args(args: argparse.Namespace, num_classes: Optional[int])
     check_model_name(args.model)
     kwargs = dict(args.model_kwargs or {})
     for flag, key in (('drop_block', 'drop_block_rate'), ('bn_momentum', 'bn_momentum'), ('bn_eps', 'bn_eps')):
-        if getattr(args, flag, None) is not None:  # only models that take them get them (as in timm)
+        if getattr(args, flag, None) is not None:  # passed only when set (as in timm): a model may not take them
             kwargs[key] = getattr(args, flag)
     if args.pretrained_path:
         kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path)
