@@ -84,6 +84,25 @@ def test_every_loading_path_accepts_the_foreign_layout(case, files):
             torch.testing.assert_close(model.eval()(x), want, rtol=0, atol=0)
 
 
+def test_validate_and_initial_checkpoint_take_a_timm_checkpoint(tmp_path):
+    from train_helpers import make_folder
+    from vitzoo.cli import checkpoints as ckpts
+    from vitzoo.cli.validate import validate
+
+    make_folder(tmp_path, classes=3)
+    twin = randomize_(timm.create_model("efficientvit_m0", num_classes=3)).eval()
+    path = tmp_path / "timm.pth"
+    torch.save({"state_dict": twin.state_dict()}, path)  # as timm's saver writes it
+    result = validate(["--data-dir", str(tmp_path), "--model", "vitzoo_efficientvit_m0", "--num-classes", "3",
+                       "--checkpoint", str(path), "--img-size", "64", "--no-progress"])
+    assert result["images"] == 9
+    model = timm.create_model("vitzoo_efficientvit_m0", num_classes=3).eval()
+    ckpts.load_weights(model, ckpts.model_state(ckpts.load_file(str(path))), str(path))  # --initial-checkpoint
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), twin(x), rtol=0, atol=1e-5)
+
+
 def test_zoo_layout_is_loaded_untouched_and_bad_keys_still_fail():
     model = timm.create_model("vitzoo_poolformer_s12")
     sd = randomize_(timm.create_model("vitzoo_poolformer_s12")).state_dict()

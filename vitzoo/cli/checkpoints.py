@@ -115,7 +115,12 @@ def model_state(ckpt: dict, use_ema: bool = False) -> dict:
 
 
 def load_weights(model: nn.Module, state: dict, path: str) -> None:
-    """load_state_dict(strict) with a one-line summary of any mismatch."""
+    """load_state_dict(strict) with a one-line summary of any mismatch.
+
+    timm's and the official key layouts are converted first (the zoo model's loading hook), so a
+    timm or official checkpoint loads like a zoo one."""
+    from vitzoo.models._base import to_zoo_layout
+    state = to_zoo_layout(model, state)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "ZooModel", "HierarchicalBackbone", "IsotropicBackbone", "ZooFeatureGetterNet", "build_zoo_model", "factory_defaults",
+    "to_zoo_layout",
 ]
 
 
@@ -91,6 +92,15 @@ def _adapt_foreign_layout(module: nn.Module, state_dict: dict, prefix: str, *arg
     if not all(k in own for k in (prefix + k for k in sub)):
         sub = filter_fn(sub, module)
     state_dict.update({prefix + k: v for k, v in sub.items()})
+
+
+def to_zoo_layout(model: nn.Module, state_dict: dict) -> dict:
+    """`state_dict` in `model`'s own key layout: what `model.load_state_dict` would load after its
+    pre-hook converted a timm or official layout (for callers that check keys before loading)."""
+    out = dict(state_dict)
+    if isinstance(model, ZooModel):
+        _adapt_foreign_layout(model, out, "")
+    return out
 
 
 class ZooModel(nn.Module):
