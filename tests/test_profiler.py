@@ -189,9 +189,11 @@ def test_summarize_and_cpu_peak_memory():
     assert (s["median"], s["min"], s["max"]) == pytest.approx((0.25, 0.1, 0.4))
     assert s["iqr"] > 0
     blob = []
-    grown = peak_memory_mb(lambda: blob.append(torch.ones(64, 2 ** 20 // 4)) or 0.0,
+    grown = peak_memory_mb(lambda: blob.append(torch.ones(256, 2 ** 20 // 4)) or 0.0,
                            torch.device("cpu"))
-    assert grown >= 48  # a 64 MiB tensor shows in the RSS growth
+    # a 256 MiB tensor shows in the RSS growth; pages the process freed earlier (and other threads
+    # returning memory meanwhile) can hide part of it, so only most of it is asserted
+    assert 128 <= grown < 1024
 
 
 def test_console_scripts_are_installed():
