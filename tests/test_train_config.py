@@ -154,3 +154,16 @@ def test_recipes_resolve_by_name():
     assert a.model == 'vitzoo_nat_mini'
     with pytest.raises(ConfigError, match='config not found'):
         resolve_recipe('no_such_recipe')
+
+
+def test_tensorboard_scalars_of_a_run(tmp_path):
+    pytest.importorskip('tensorboard', reason='tensorboard is not installed (the dev extra installs it)')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    data = make_folder(tmp_path / 'd', n_train=4, n_val=1)
+    r = train([data, *TINY, *FAST, '--output', str(tmp_path), '--log-interval', '1'])
+    acc = EventAccumulator(os.path.join(r['output_dir'], 'tb'))
+    acc.Reload()
+    tags = set(acc.Tags()['scalars'])
+    assert any('loss' in t for t in tags) and any('lr' in t for t in tags), tags
+    assert any('top1' in t for t in tags) and any('top5' in t for t in tags), tags
+    assert any('img' in t for t in tags), tags
