@@ -199,6 +199,14 @@ def test_demo_recipe_model_and_threads():
     assert cfg['hflip'] == 0.0, 'digits must not be mirrored'
 
 
+def test_demo_profile_table():
+    """The profile part of `make demo` (one model, tiny budget) prints its table."""
+    demo = load_tool('demo')
+    rows = demo.profile_zoo(['vitzoo_efficientvit_m0'], budget_s=60.0)
+    assert len(rows) == 1 and rows[0]['gmacs'] > 0 and rows[0]['img_s'] > 0
+    assert 'vitzoo_efficientvit_m0' in demo.markdown_table(rows)
+
+
 @pytest.mark.slow
 def test_demo_reaches_target(tmp_path):
     """The full `make demo` training (about two minutes on two idle cores)."""

@@ -77,7 +77,7 @@ def profile_zoo(names: Sequence[str], budget_s: float = 40.0) -> list[dict]:
             break
         r = profile_model(name, device='cpu', batch_size=1, warmup=1, repeats=3)
         rows.append(dict(model=r['model'], params_m=r['params_m'], gmacs=r.get('gmacs'),
-                         cpu_ms_b1=r['ms_b1'], img_s=r['img_s_b1']))
+                         cpu_ms_b1=r['ms_b1'], img_s=1e3 / r['ms_b1']))
     return rows
 
 
