@@ -19,7 +19,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._na_common_triton import LOG2E, bias_tile, mma, inv_hi, inv_lo, tile_of_program, win_start
+from ._na_common_triton import LOG2E, bias_tile, inv_hi, inv_lo, tile_of_program, win_start
+from ._triton_dot import mma
 
 
 @triton.jit

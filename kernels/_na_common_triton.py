@@ -66,16 +66,3 @@ def bias_tile(E, h, dr, delta, a, ic, col, KH: tl.constexpr, KW: tl.constexpr,
     u = tl.minimum(tl.maximum(dr + (KH - 1), 0), 2 * KH - 2)
     row = (u * KW + delta) * TW + a
     return tl.load(E + h * ((2 * KH - 1) * KW * TW * NCW) + row * NCW + (ic * CW + col))
-
-
-@triton.jit
-def mma(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """``tl.dot(a, b)`` with fp32 accumulation.
-
-    ``UPCAST`` is set only under ``TRITON_INTERPRET=1`` for bf16 inputs: Triton 3.8's interpreter
-    computes bf16 dots wrongly, so they run on the (already bf16-rounded) values in fp32 there.
-    """
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        return tl.dot(a, b, input_precision=PREC)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._na_common_triton import LN2, bias_tile, mma, tile_of_program, win_start
+from ._na_common_triton import LN2, bias_tile, tile_of_program, win_start
+from ._triton_dot import mma
 
 
 @triton.jit

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ._na_backward_triton import _na_bwd_dkdv_kernel, _na_bwd_dq_kernel, _na_bwd_preprocess
 from ._na_forward_triton import _na_fwd_kernel
+from ._triton_dot import dot_meta
 
 __all__ = ["na2d_triton_forward", "na2d_triton_backward", "tile_config"]
 
@@ -136,10 +137,8 @@ def _strides(x: Tensor) -> Tuple[int, int, int, int]:
 
 
 def _dot_meta(q: Tensor) -> Dict[str, object]:
-    """``PREC`` (fp32 dot precision) and ``UPCAST`` (interpreter-only bf16 workaround)."""
-    prec = _fp32_precision() if q.dtype == torch.float32 else "tf32"
-    interpreting = os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
-    return dict(PREC=prec, UPCAST=q.dtype == torch.bfloat16 and interpreting)
+    """``PREC`` (fp32 dot precision, ``VITZOO_NA_FP32_PRECISION``) and ``UPCAST`` (interpreter only)."""
+    return dot_meta(q.dtype, _fp32_precision())
 
 
 def _region_cols(cfg: Dict[str, int], kw: int, inverse: bool) -> int:

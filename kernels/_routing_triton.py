@@ -17,7 +17,7 @@ region is token ``s % w2`` of region ``r_idx[b, r, s // w2]`` (the official gath
   so that w2 = 4 / 16 regions still fill the MMAs. A region listed twice counts twice, as in the
   gather. Every output element is written by one program: deterministic, no atomics.
 
-fp32 inputs use IEEE dots (``IEEE`` constexpr; TF32 would miss the 1e-4 tests); fp16/bf16 cast P
+fp32 inputs use IEEE dots (``PREC``, see ``_triton_dot``; TF32 would miss the 1e-4 tests); fp16/bf16 cast P
 and dS to the input dtype before the second GEMM. Every dot has M, N, K >= 16.
 """
 from __future__ import annotations
@@ -30,22 +30,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._triton_dot import dot_meta, mma
+
 __all__ = ["routed_triton_forward", "routed_triton_backward"]
 
 _LOG2E = math.log2(math.e)
-
-
-@triton.jit
-def _dot(a, b, IEEE: tl.constexpr, EMU: tl.constexpr):
-    """``a @ b``, fp32 accumulation. ``EMU`` (set only under ``TRITON_INTERPRET=1`` for 16-bit
-    inputs): Triton 3.8's CPU interpreter gets bf16 dots wrong, so there the already-rounded
-    operands are widened to fp32."""
-    if EMU:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    elif IEEE:
-        return tl.dot(a, b, input_precision="ieee")
-    else:
-        return tl.dot(a, b)
 
 
 @triton.jit
@@ -71,7 +60,7 @@ def _routed_fwd_kernel(
     sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
     NH, NWIN: tl.constexpr, HR: tl.constexpr, WR: tl.constexpr, TOPK: tl.constexpr, qk_scale,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, EMU: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_br = tl.program_id(0)
     R = NWIN * NWIN
@@ -100,14 +89,14 @@ def _routed_fwd_kernel(
         kr = tl.minimum(tl.maximum(kr, 0), R - 1)       # memory safety for a bad index
         ki, kj = _region_pos(kr, s % W2, NWIN, HR, WR)
         k = _load_rows(k_base, ki * skh + kj * skw, dqk, DQK, BLOCK_DQK)
-        sc = _dot(q, tl.trans(k), IEEE, EMU) * qk_scale
+        sc = mma(q, tl.trans(k), PREC, UPCAST) * qk_scale
         sc = tl.where(smask[None, :], sc, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(sc, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(sc - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         vv = _load_rows(v_base, ki * svh + kj * svw, dv, DV, BLOCK_DV)
-        acc = acc * alpha[:, None] + _dot(p.to(vv.dtype), vv, IEEE, EMU)
+        acc = acc * alpha[:, None] + mma(p.to(vv.dtype), vv, PREC, UPCAST)
         m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -135,7 +124,7 @@ def _routed_bwd_dq_kernel(
     sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
     NH, NWIN: tl.constexpr, HR: tl.constexpr, WR: tl.constexpr, TOPK: tl.constexpr, qk_scale, scale,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, EMU: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_br = tl.program_id(0)
     R = NWIN * NWIN
@@ -167,11 +156,11 @@ def _routed_bwd_dq_kernel(
         ki, kj = _region_pos(kr, s % W2, NWIN, HR, WR)
         k = _load_rows(k_base, ki * skh + kj * skw, dqk, DQK, BLOCK_DQK)
         vv = _load_rows(v_base, ki * svh + kj * svw, dv, DV, BLOCK_DV)
-        sc = _dot(q, tl.trans(k), IEEE, EMU) * qk_scale
+        sc = mma(q, tl.trans(k), PREC, UPCAST) * qk_scale
         p = tl.where(smask[None, :], tl.exp2(sc - lse2[:, None]), 0.0)
-        dp = _dot(do, tl.trans(vv), IEEE, EMU)
+        dp = mma(do, tl.trans(vv), PREC, UPCAST)
         ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, IEEE, EMU)
+        dq += mma(ds.to(k.dtype), k, PREC, UPCAST)
     tl.store(DQ + tok[:, None] * DQK + dqk[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=tmask[:, None] & (dqk < DQK)[None, :])
 
@@ -182,7 +171,7 @@ def _routed_bwd_dkdv_kernel(
     sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
     NH, NWIN: tl.constexpr, HR: tl.constexpr, WR: tl.constexpr, TOPK: tl.constexpr, qk_scale, scale,
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr, EMU: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_bj = tl.program_id(0)
     R = NWIN * NWIN
@@ -219,12 +208,12 @@ def _routed_bwd_dkdv_kernel(
             do = _load_rows(DO, tok * DV, dv, DV, BLOCK_DV)
             lse2 = tl.load(LSE + tok) * 1.4426950408889634
             delta = tl.load(DELTA + tok)
-            st = _dot(k, tl.trans(q), IEEE, EMU) * qk_scale                          # [N, M]
+            st = mma(k, tl.trans(q), PREC, UPCAST) * qk_scale                          # [N, M]
             pt = tl.where(qmask[None, :], tl.exp2(st - lse2[None, :]), 0.0)
-            dvacc += _dot(pt.to(do.dtype), do, IEEE, EMU)
-            dpt = _dot(vv, tl.trans(do), IEEE, EMU)
+            dvacc += mma(pt.to(do.dtype), do, PREC, UPCAST)
+            dpt = mma(vv, tl.trans(do), PREC, UPCAST)
             dst = pt * (dpt - delta[None, :])
-            dk += _dot(dst.to(q.dtype), q, IEEE, EMU)
+            dk += mma(dst.to(q.dtype), q, PREC, UPCAST)
     tok = ((b * (NWIN * HR) + ki) * (NWIN * WR) + kj) * NH + h
     tl.store(DK + tok[:, None] * DQK + dqk[None, :], (dk * scale).to(DK.dtype.element_ty),
              mask=tmask[:, None] & (dqk < DQK)[None, :])
@@ -249,10 +238,6 @@ def _inverse_routing(r_idx: Tensor, regions: int) -> Tuple[Tensor, Tensor]:
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-def _interpreted() -> bool:
-    return type(_routed_fwd_kernel).__name__ == "InterpretedFunction"
-
-
 def _pow2(n: int, lo: int = 16, hi: int = 64) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(1, n))))
 
@@ -275,8 +260,7 @@ def _geometry(q: Tensor, v: Tensor, r_idx: Tensor, n_win: int):
     return dict(B=B, nh=nh, dqk=dqk, dv=v.shape[-1], hr=hr, wr=wr, w2=w2, topk=topk,
                 R=n_win * n_win, BLOCK_M=_pow2(w2), BLOCK_N=_pow2(topk * w2),
                 BLOCK_DQK=_pow2(dqk, 16, 128), BLOCK_DV=_pow2(v.shape[-1], 16, 128),
-                IEEE=q.dtype == torch.float32,
-                EMU=q.dtype != torch.float32 and _interpreted())
+                **dot_meta(q.dtype))
 
 
 def _strides(q: Tensor, k: Tensor, v: Tensor):
@@ -297,7 +281,7 @@ def routed_triton_forward(q: Tensor, k: Tensor, v: Tensor, r_idx: Tensor, n_win:
         q, k, v, ridx, out, lse, *_strides(q, k, v),
         g["nh"], n_win, g["hr"], g["wr"], g["topk"], scale * _LOG2E,
         DQK=g["dqk"], DV=g["dv"], BLOCK_DQK=g["BLOCK_DQK"], BLOCK_DV=g["BLOCK_DV"],
-        BLOCK_M=g["BLOCK_M"], BLOCK_N=g["BLOCK_N"], IEEE=g["IEEE"], EMU=g["EMU"], num_warps=4,
+        BLOCK_M=g["BLOCK_M"], BLOCK_N=g["BLOCK_N"], PREC=g["PREC"], UPCAST=g["UPCAST"], num_warps=4,
         num_stages=2)
     return out, lse
 
@@ -317,7 +301,7 @@ def routed_triton_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, r_
                                                 BLOCK_DV=g["BLOCK_DV"], BLOCK=64, num_warps=4)
     ridx = r_idx.to(torch.int32).contiguous()
     meta = dict(DQK=g["dqk"], DV=g["dv"], BLOCK_DQK=g["BLOCK_DQK"], BLOCK_DV=g["BLOCK_DV"],
-                IEEE=g["IEEE"], EMU=g["EMU"], num_warps=4, num_stages=2)
+                PREC=g["PREC"], UPCAST=g["UPCAST"], num_warps=4, num_stages=2)
     geo = (g["nh"], n_win, g["hr"], g["wr"], g["topk"])
     grid = (g["B"] * g["R"], triton.cdiv(g["w2"], g["BLOCK_M"]), g["nh"])
     _routed_bwd_dq_kernel[grid](

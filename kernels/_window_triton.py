@@ -34,6 +34,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._triton_dot import dot_meta, mma
+
 __all__ = ["window_triton_forward", "window_triton_backward", "launch_config"]
 
 LOG2E = 1.4426950408889634
@@ -66,19 +68,10 @@ def _image(w, NWIN, HP, WP, NH):
 
 
 @triton.jit
-def _mm(a, b, PREC: tl.constexpr, EMU: tl.constexpr):
-    """``a @ b`` with fp32 accumulation. ``EMU``: Triton's CPU interpreter multiplies bf16 as raw
-    integers, so there (only) both operands are widened to fp32 after their bf16 rounding."""
-    if EMU:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b, input_precision=PREC)
-
-
-@triton.jit
 def _scores(q, k, bias_ptr, rq, rk, qk_scale, SHIFTED: tl.constexpr, PREC: tl.constexpr,
-            EMU: tl.constexpr):
+            UPCAST: tl.constexpr):
     """Base-2 logits of one (query block, key block) tile: q.k * scale*log2e + bias + mask."""
-    s = _mm(q, tl.trans(k), PREC, EMU) * qk_scale + tl.load(bias_ptr)
+    s = mma(q, tl.trans(k), PREC, UPCAST) * qk_scale + tl.load(bias_ptr)
     if SHIFTED:  # timm's -100 between regions, times log2(e)
         s = tl.where(rq[:, None] != rk[None, :], s - 144.26950408889634, s)
     return s
@@ -89,7 +82,7 @@ def _win_fwd_kernel(
     QKV, BIAS, O, LSE,
     N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW, NH, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr,
-    SHIFTED: tl.constexpr, PREC: tl.constexpr, EMU: tl.constexpr,
+    SHIFTED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -114,12 +107,12 @@ def _win_fwd_kernel(
         koff = (pos_k * 3 * NH * HEAD_DIM + (NH + h) * HEAD_DIM)[:, None] + d[None, :]
         k = tl.load(qkv_img + koff, mask=dmask, other=0.0)
         v = tl.load(qkv_img + koff + NH * HEAD_DIM, mask=dmask, other=0.0)
-        s = _scores(q, k, bias_rows + bk[None, :], rq, rk, qk_scale, SHIFTED, PREC, EMU)
+        s = _scores(q, k, bias_rows + bk[None, :], rq, rk, qk_scale, SHIFTED, PREC, UPCAST)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, PREC, EMU)
+        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, PREC, UPCAST)
         m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
@@ -134,7 +127,7 @@ def _win_fwd_one_kernel(
     QKV, BIAS, O, LSE,
     N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW, NH, NWTOT, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, WPP: tl.constexpr,
-    SHIFTED: tl.constexpr, PREC: tl.constexpr, EMU: tl.constexpr,
+    SHIFTED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """Windows of one block, ``WPP`` consecutive windows per program: the [BLOCK, BLOCK] bias
     tile is loaded once into registers; one softmax pass (all keys in the tile)."""
@@ -152,13 +145,13 @@ def _win_fwd_one_kernel(
         q = tl.load(qkv_img + qoff, mask=dmask, other=0.0)
         k = tl.load(qkv_img + qoff + NH * HEAD_DIM, mask=dmask, other=0.0)
         v = tl.load(qkv_img + qoff + 2 * NH * HEAD_DIM, mask=dmask, other=0.0)
-        s = _mm(q, tl.trans(k), PREC, EMU) * qk_scale + bias
+        s = mma(q, tl.trans(k), PREC, UPCAST) * qk_scale + bias
         if SHIFTED:
             s = tl.where(rid[:, None] != rid[None, :], s - 144.26950408889634, s)
         m = tl.max(s, 1)
         p = tl.exp2(s - m[:, None])
         l_i = tl.sum(p, 1)
-        out = _mm(p.to(v.dtype), v, PREC, EMU) / l_i[:, None]
+        out = mma(p.to(v.dtype), v, PREC, UPCAST) / l_i[:, None]
         o_ptr = O + img * HEAD_DIM + ((pos * NH + h) * HEAD_DIM)[:, None] + d[None, :]
         tl.store(o_ptr, out.to(O.dtype.element_ty), mask=valid[:, None] & dmask)
         tl.store(LSE + img + pos * NH + h, (m + tl.log2(l_i)) * 0.6931471805599453, mask=valid)
@@ -184,7 +177,7 @@ def _win_bwd_one_kernel(
     QKV, BIAS, O, DO, LSE, DQKV, DB,
     N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW, NH, NWTOT, NSLOT, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
-    SHIFTED: tl.constexpr, PREC: tl.constexpr, EMU: tl.constexpr,
+    SHIFTED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """Whole window in one block: P, dP, dS once; dq, dk, dv stored. d(bias) is added to this
     program's own slice of ``DB`` (an fp32 register accumulator costs ~50 registers and spills
@@ -205,10 +198,10 @@ def _win_bwd_one_kernel(
         qoff = (pos * 3 * NH * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :]
         k = tl.load(QKV + img * 3 * HEAD_DIM + qoff + NH * HEAD_DIM, mask=dmask, other=0.0)
         v = tl.load(QKV + img * 3 * HEAD_DIM + qoff + 2 * NH * HEAD_DIM, mask=dmask, other=0.0)
-        s = _scores(q, k, bias_ptr, rid, rid, qk_scale, SHIFTED, PREC, EMU)  # bias: L1/L2-resident
+        s = _scores(q, k, bias_ptr, rid, rid, qk_scale, SHIFTED, PREC, UPCAST)  # bias: L1/L2-resident
         p = tl.exp2(s - lse2[:, None])
-        dv = _mm(tl.trans(p.to(do.dtype)), do, PREC, EMU)
-        dp = _mm(do, tl.trans(v), PREC, EMU)
+        dv = mma(tl.trans(p.to(do.dtype)), do, PREC, UPCAST)
+        dp = mma(do, tl.trans(v), PREC, UPCAST)
         ds = p * (dp - delta[:, None])
         tl.store(db_ptr, tl.load(db_ptr) + ds)
         tl.debug_barrier()
@@ -216,9 +209,9 @@ def _win_bwd_one_kernel(
         smask = valid[:, None] & dmask
         gp = DQKV + img * 3 * HEAD_DIM + qoff
         tl.store(gp + 2 * NH * HEAD_DIM, dv.to(DQKV.dtype.element_ty), mask=smask)
-        dq = _mm(dsc, k, PREC, EMU) * scale
+        dq = mma(dsc, k, PREC, UPCAST) * scale
         tl.store(gp, dq.to(DQKV.dtype.element_ty), mask=smask)
-        dk = _mm(tl.trans(dsc), q, PREC, EMU) * scale
+        dk = mma(tl.trans(dsc), q, PREC, UPCAST) * scale
         tl.store(gp + NH * HEAD_DIM, dk.to(DQKV.dtype.element_ty), mask=smask)
 
 
@@ -227,7 +220,7 @@ def _win_bwd_blocked_kernel(
     QKV, BIAS, O, DO, LSE, DQKV, DB,
     N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW, NH, NWTOT, NSLOT, qk_scale, scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr,
-    SHIFTED: tl.constexpr, PREC: tl.constexpr, EMU: tl.constexpr,
+    SHIFTED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """Windows of several blocks: a dk/dv phase per key block, then a dq phase per query block.
 
@@ -260,12 +253,12 @@ def _win_bwd_blocked_kernel(
                                                 LSE + img, pos_q, valid_q, h, d, dmask, NH,
                                                 HEAD_DIM)
                 tile = bq[:, None] * NP + bk[None, :]
-                s = _scores(q, k, bias_h + tile, rq, rk, qk_scale, SHIFTED, PREC, EMU)
+                s = _scores(q, k, bias_h + tile, rq, rk, qk_scale, SHIFTED, PREC, UPCAST)
                 p = tl.exp2(s - lse2[:, None])
-                dv += _mm(tl.trans(p.to(do.dtype)), do, PREC, EMU)
-                dp = _mm(do, tl.trans(v), PREC, EMU)
+                dv += mma(tl.trans(p.to(do.dtype)), do, PREC, UPCAST)
+                dp = mma(do, tl.trans(v), PREC, UPCAST)
                 ds = p * (dp - delta[:, None])
-                dk += _mm(tl.trans(ds.to(q.dtype)), q, PREC, EMU)
+                dk += mma(tl.trans(ds.to(q.dtype)), q, PREC, UPCAST)
                 tl.store(db_h + tile, tl.load(db_h + tile) + ds)
                 tl.debug_barrier()
             smask = valid_k[:, None] & dmask
@@ -285,11 +278,11 @@ def _win_bwd_blocked_kernel(
                 k = tl.load(qkv_img + koff, mask=dmask, other=0.0)
                 v = tl.load(qkv_img + koff + NH * HEAD_DIM, mask=dmask, other=0.0)
                 s = _scores(q, k, bias_h + bq[:, None] * NP + bk[None, :], rq, rk, qk_scale,
-                            SHIFTED, PREC, EMU)
+                            SHIFTED, PREC, UPCAST)
                 p = tl.exp2(s - lse2[:, None])
-                dp = _mm(do, tl.trans(v), PREC, EMU)
+                dp = mma(do, tl.trans(v), PREC, UPCAST)
                 ds = p * (dp - delta[:, None])
-                dq += _mm(ds.to(q.dtype), k, PREC, EMU)
+                dq += mma(ds.to(q.dtype), k, PREC, UPCAST)
             gp = DQKV + img * 3 * HEAD_DIM \
                 + (pos_q * 3 * NH * HEAD_DIM + h * HEAD_DIM)[:, None] + d[None, :]
             tl.store(gp, (dq * scale).to(DQKV.dtype.element_ty), mask=valid_q[:, None] & dmask)
@@ -351,14 +344,6 @@ def _padded_bias(bias: Optional[Tensor], heads: int, tokens: int, np_: int, devi
     return out
 
 
-def _prec(dtype: torch.dtype) -> dict:
-    """fp32 inputs: IEEE dots (tl.dot defaults to TF32 on sm_80+). bf16 under the interpreter:
-    emulated dots (see ``_mm``)."""
-    interpreted = type(_win_fwd_kernel).__name__ == "InterpretedFunction"
-    return dict(PREC="ieee" if dtype == torch.float32 else "tf32",
-                EMU=dtype == torch.bfloat16 and interpreted)
-
-
 def _block_override() -> Optional[int]:
     import os
     value = os.environ.get("VITZOO_WINDOW_BLOCK", "").strip()  # test-only: force a block size
@@ -383,12 +368,12 @@ def window_triton_forward(qkv: Tensor, bias: Optional[Tensor], window: Sequence[
         _win_fwd_one_kernel[(triton.cdiv(nwtot, wpp), NH)](
             qkv, bias2, out, lse, *geo.values(), nwtot, scale * LOG2E,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK=block, WPP=wpp, SHIFTED=shifted,
-            **_prec(qkv.dtype), num_warps=4, num_stages=2)
+            **dot_meta(qkv.dtype), num_warps=4, num_stages=2)
     else:
         _win_fwd_kernel[(nwtot * nb, NH)](
             qkv, bias2, out, lse, *geo.values(), scale * LOG2E,
             HEAD_DIM=D, BLOCK_D=block_d, BLOCK=block, NB=nb, SHIFTED=shifted,
-            **_prec(qkv.dtype), num_warps=4, num_stages=2)
+            **dot_meta(qkv.dtype), num_warps=4, num_stages=2)
     return out, lse
 
 
@@ -408,7 +393,7 @@ def window_triton_backward(grad_out: Tensor, qkv: Tensor, bias: Optional[Tensor]
     nslot = slots or _num_slots(qkv.device, nwtot, NH)
     dqkv = torch.empty_like(qkv)
     common = dict(HEAD_DIM=D, BLOCK_D=block_d, BLOCK=block, SHIFTED=bool(shift[0] or shift[1]),
-                  **_prec(qkv.dtype), num_warps=8, num_stages=1)
+                  **dot_meta(qkv.dtype), num_warps=8, num_stages=1)
     args = (*geo.values(), nwtot, nslot, scale * LOG2E, scale)
     partial = torch.zeros(nslot, NH, np_, np_, device=qkv.device, dtype=torch.float32)
     if nb == 1:
