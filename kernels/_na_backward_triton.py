@@ -1,6 +1,6 @@
 """Tiled tensor-core backward of 2-D neighborhood attention; deterministic, no atomics.
 
-* ``_na_bwd_preprocess``: ``delta = rowsum(dO * O)`` in fp32, O and dO read once.
+* delta = rowsum(dO * O): the shared ``_triton_dot.row_delta`` preprocess, O and dO read once.
 * ``_na_bwd_dkdv_kernel``: one program per ``TH x TW`` key tile of one dilation group (the
   forward's grid). Its queries are the inverse region ``[lo(first key), hi(last key)]`` per axis
   (``_na_common_triton``); per chunk of them it recomputes ``P^T = exp2(K Q^T c + b - lse)`` from
@@ -21,18 +21,6 @@ import triton.language as tl
 
 from ._na_common_triton import LOG2E, bias_tile, inv_hi, inv_lo, tile_of_program, win_start
 from ._triton_dot import mma
-
-
-@triton.jit
-def _na_bwd_preprocess(O, DO, DELTA, ROWS, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                       BLOCK_R: tl.constexpr):
-    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    d = tl.arange(0, BLOCK_D)
-    mask = (r < ROWS)[:, None] & (d < HEAD_DIM)[None, :]
-    off = r[:, None] * HEAD_DIM + d[None, :]
-    o = tl.load(O + off, mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(DO + off, mask=mask, other=0.0).to(tl.float32)
-    tl.store(DELTA + r, tl.sum(o * do, 1), mask=r < ROWS)
 
 
 @triton.jit

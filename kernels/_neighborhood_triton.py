@@ -34,9 +34,9 @@ import torch
 import triton
 from torch import Tensor
 
-from ._na_backward_triton import _na_bwd_dkdv_kernel, _na_bwd_dq_kernel, _na_bwd_preprocess
+from ._na_backward_triton import _na_bwd_dkdv_kernel, _na_bwd_dq_kernel
 from ._na_forward_triton import _na_fwd_kernel
-from ._triton_dot import dot_meta
+from ._triton_dot import dot_meta, row_delta
 
 __all__ = ["na2d_triton_forward", "na2d_triton_backward", "tile_config"]
 
@@ -232,12 +232,8 @@ def na2d_triton_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb:
     grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
     cfg = tile_config(H, W, (kh, kw), (dh, dw), D, q.element_size(),
                       _dot_meta(q)["PREC"] == "ieee")["bwd"]
-    rows = B * H * W * NH
-    delta = torch.empty((B, H, W, NH), dtype=torch.float32, device=q.device)
-    block_r = 64
-    _na_bwd_preprocess[(triton.cdiv(rows, block_r),)](
-        out, grad_out, delta, rows, HEAD_DIM=D, BLOCK_D=cfg["BLOCK_D"], BLOCK_R=block_r,
-        num_warps=4, enable_fp_fusion=True)
+    delta = row_delta(out, grad_out, torch.empty((B, H, W, NH), dtype=torch.float32, device=q.device),
+                      D, cfg["BLOCK_D"])
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=q.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=q.device)

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._triton_dot import dot_meta, mma
+from ._triton_dot import dot_meta, mma, row_delta
 
 __all__ = ["routed_triton_forward", "routed_triton_backward"]
 
@@ -104,18 +104,6 @@ def _routed_fwd_kernel(
     tl.store(O + tok[:, None] * DV + dv[None, :], out.to(O.dtype.element_ty),
              mask=tmask[:, None] & (dv < DV)[None, :])
     tl.store(LSE + tok, (m_i + tl.log2(l_safe)) * 0.6931471805599453, mask=tmask)
-
-
-@triton.jit
-def _routed_bwd_delta(O, DO, DELTA, ROWS, DV: tl.constexpr, BLOCK_DV: tl.constexpr,
-                      BLOCK: tl.constexpr):
-    """``delta[row] = sum_d dO[row, d] * O[row, d]`` (fp32) over contiguous ``[ROWS, DV]``."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    d = tl.arange(0, BLOCK_DV)
-    m = (rows < ROWS)[:, None] & (d < DV)[None, :]
-    o = tl.load(O + rows[:, None] * DV + d[None, :], mask=m, other=0.0).to(tl.float32)
-    do = tl.load(DO + rows[:, None] * DV + d[None, :], mask=m, other=0.0).to(tl.float32)
-    tl.store(DELTA + rows, tl.sum(o * do, axis=1), mask=rows < ROWS)
 
 
 @triton.jit
@@ -295,10 +283,7 @@ def routed_triton_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, r_
     dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
     if dq.numel() == 0:
         return dq, dk, dv
-    rows = lse.numel()
-    delta = torch.empty_like(lse)
-    _routed_bwd_delta[(triton.cdiv(rows, 64),)](out, grad_out, delta, rows, DV=g["dv"],
-                                                BLOCK_DV=g["BLOCK_DV"], BLOCK=64, num_warps=4)
+    delta = row_delta(out, grad_out, torch.empty_like(lse), g["dv"], g["BLOCK_DV"])
     ridx = r_idx.to(torch.int32).contiguous()
     meta = dict(DQK=g["dqk"], DV=g["dv"], BLOCK_DQK=g["BLOCK_DQK"], BLOCK_DV=g["BLOCK_DV"],
                 PREC=g["PREC"], UPCAST=g["UPCAST"], num_warps=4, num_stages=2)
