@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
+from ._args import int_tuple
 from ._dispatch import select_backend
 from ._flops import add_fvcore_handle, jit_constant, jit_shape
 from ._neighborhood_index import neighbor_index, rpb_index, window_start
@@ -59,20 +60,6 @@ _MAX_GRID_Y = 65535           # batch * heads is the kernels' second grid axis
 # ----------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------
-def _pair(value: IntOrPair, name: str, nd: int) -> Tuple[int, ...]:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int or a tuple of {nd} ints, got {value!r}")
-    if isinstance(value, int):
-        return (value,) * nd
-    try:
-        out = tuple(int(x) for x in value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int or a tuple of {nd} ints, got {value!r}") from None
-    if len(out) != nd:
-        raise ValueError(f"{name} must have {nd} entries for na{nd}d, got {value!r}")
-    return out
-
-
 def _validate(q: Tensor, k: Tensor, v: Tensor, kernel_size: IntOrPair, dilation: IntOrPair,
               rpb: Optional[Tensor], nd: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     layout = "[B, H, W, heads, head_dim]" if nd == 2 else "[B, L, heads, head_dim]"
@@ -92,8 +79,8 @@ def _validate(q: Tensor, k: Tensor, v: Tensor, kernel_size: IntOrPair, dilation:
     if not (q.device == k.device == v.device):
         raise ValueError(f"na{nd}d: q, k, v must be on one device, got {q.device}, {k.device}, "
                          f"{v.device}")
-    ks = _pair(kernel_size, "kernel_size", nd)
-    dil = _pair(dilation, "dilation", nd)
+    ks = int_tuple(kernel_size, "kernel_size", nd, f"na{nd}d")
+    dil = int_tuple(dilation, "dilation", nd, f"na{nd}d")
     for kx in ks:
         if kx % 2 == 0 or not _MIN_K <= kx <= _MAX_K:
             raise ValueError(f"na{nd}d: kernel_size must be odd and in [{_MIN_K}, {_MAX_K}], "

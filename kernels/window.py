@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
+from ._args import int_tuple
 from ._dispatch import select_backend
 from ._flops import add_fvcore_handle, jit_constant, jit_shape
 
@@ -47,6 +48,8 @@ MASK_VALUE = -100.0  # timm's value for pairs from different regions of a shifte
 # ----------------------------------------------------------------------------------------------
 # Index rules
 # ----------------------------------------------------------------------------------------------
+_OP = "window_attention"
+
 def window_source_index(map_size: Sequence[int], padded_size: Sequence[int],
                         window_size: Sequence[int], shift_size: Sequence[int],
                         device: Optional[torch.device] = None) -> Tensor:
@@ -74,21 +77,6 @@ def window_region_ids(padded_size: Sequence[int], window_size: Sequence[int],
 # ----------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------
-def _pair(value: IntOrPair, name: str) -> Tuple[int, int]:
-    if isinstance(value, bool):
-        raise TypeError(f"window_attention: {name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        return value, value
-    try:
-        out = tuple(int(x) for x in value)
-    except TypeError:
-        raise TypeError(f"window_attention: {name} must be an int or a pair of ints, "
-                        f"got {value!r}") from None
-    if len(out) != 2:
-        raise ValueError(f"window_attention: {name} must have 2 entries, got {value!r}")
-    return out
-
-
 def _validate(qkv: Tensor, bias: Optional[Tensor], window_size: IntOrPair, shift_size: IntOrPair,
               map_size: Optional[IntOrPair]):
     if not isinstance(qkv, Tensor):
@@ -98,9 +86,9 @@ def _validate(qkv: Tensor, bias: Optional[Tensor], window_size: IntOrPair, shift
                          f"Linear's output reshaped), got shape {tuple(qkv.shape)}")
     if not qkv.is_floating_point():
         raise TypeError(f"window_attention: qkv must be floating point, got {qkv.dtype}")
-    ws, ss = _pair(window_size, "window_size"), _pair(shift_size, "shift_size")
+    ws, ss = int_tuple(window_size, "window_size", 2, _OP), int_tuple(shift_size, "shift_size", 2, _OP)
     Hp, Wp = qkv.shape[1], qkv.shape[2]
-    ms = (Hp, Wp) if map_size is None else _pair(map_size, "map_size")
+    ms = (Hp, Wp) if map_size is None else int_tuple(map_size, "map_size", 2, _OP)
     if any(w < 1 for w in ws):
         raise ValueError(f"window_attention: window_size must be positive, got {ws}")
     if any(not 0 <= s < w for s, w in zip(ss, ws)):
