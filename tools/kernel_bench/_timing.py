@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -72,3 +72,25 @@ def with_kernels(mode: str, fn: Callable[[], Any]) -> Callable[[], Any]:
             else:
                 os.environ["VITZOO_KERNELS"] = old
     return run
+
+
+def check_impls(op: str, impls: Optional[Sequence[str]], known: Sequence[str]) -> List[str]:
+    """The requested implementations (all ``known`` by default); ValueError naming unknown ones."""
+    impls = list(impls or known)
+    unknown = [i for i in impls if i not in known]
+    if unknown:
+        raise ValueError(f"{op}: unknown impls {unknown}; choose from {list(known)}")
+    return impls
+
+
+def plan(op: str, device: str, dtype: torch.dtype, quick: bool, impls: Optional[Sequence[str]],
+         known: Sequence[str], cpu_impls: Sequence[str],
+         batch: Optional[int]) -> Tuple[List[str], torch.dtype, int, int, int]:
+    """(impls, dtype, batch, reps, warmup) of an op benchmark. CPU is a plumbing run: fp32, batch 2,
+    only ``cpu_impls`` (no compiler; the interpreter is too slow to time). GPU: batch 128 (quick 32)."""
+    impls = check_impls(op, impls, known)
+    if device == "cpu":
+        reps, warmup = (2, 1) if quick else (5, 2)
+        return [i for i in impls if i in cpu_impls], torch.float32, batch or 2, reps, warmup
+    reps, warmup = (10, 3) if quick else (30, 5)
+    return impls, dtype, batch or (32 if quick else 128), reps, warmup

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ._timing import measure, speedup, with_kernels
+from ._timing import measure, plan, speedup, with_kernels
 
 OP = "neighborhood"
 
@@ -138,17 +138,8 @@ def bench_case(B: int, hw: int, heads: int, dil: int, dtype: torch.dtype, device
 def run(device: str, dtype: torch.dtype, quick: bool, impls: Optional[Sequence[str]] = None,
         batch: Optional[int] = None) -> List[Dict[str, Any]]:
     """All NA rows. CPU: fp32, reference and sdpa only (no compiler, interpreter too slow)."""
-    impls = list(impls or IMPLS)
-    unknown = [i for i in impls if i not in IMPLS]
-    if unknown:
-        raise ValueError(f"neighborhood: unknown impls {unknown}; choose from {list(IMPLS)}")
-    if device == "cpu":
-        impls = [i for i in impls if i in ("reference", "sdpa")]
-        dtype, B = torch.float32, batch or 2
-        reps, warmup = (2, 1) if quick else (5, 2)
-    else:
-        B = batch or (32 if quick else 128)
-        reps, warmup = (10, 3) if quick else (30, 5)
+    impls, dtype, B, reps, warmup = plan("neighborhood", device, dtype, quick, impls, IMPLS,
+                                         ("reference", "sdpa"), batch)
     rows: List[Dict[str, Any]] = []
     for hw, heads, dil in configs(device, quick):
         rows += bench_case(B, hw, heads, dil, dtype, device, impls, reps, warmup)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ._timing import measure, speedup, with_kernels
+from ._timing import measure, plan, speedup, with_kernels
 
 OP = "routing"
 
@@ -127,17 +127,8 @@ def run(device: str, dtype: torch.dtype, quick: bool, impls: Optional[Sequence[s
         batch: Optional[int] = None) -> List[Dict[str, Any]]:
     """All routed-attention rows. GPU: bf16 as given, B=128 (quick 32). CPU: fp32, official and
     reference only (the interpreter is too slow to time)."""
-    impls = list(impls or IMPLS)
-    unknown = [i for i in impls if i not in IMPLS]
-    if unknown:
-        raise ValueError(f"routing: unknown impls {unknown}; choose from {list(IMPLS)}")
-    if device == "cpu":
-        impls = [i for i in impls if i in ("official", "reference")]
-        dtype, B = torch.float32, batch or 2
-        reps, warmup = (2, 1) if quick else (5, 2)
-    else:
-        B = batch or (32 if quick else 128)
-        reps, warmup = (10, 3) if quick else (30, 5)
+    impls, dtype, B, reps, warmup = plan("routing", device, dtype, quick, impls, IMPLS,
+                                         ("official", "reference"), batch)
     rows: List[Dict[str, Any]] = []
     for hw, heads, dim, topk in configs(device, quick):
         rows += bench_case(B, hw, heads, dim, topk, dtype, device, impls, reps, warmup)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ._timing import measure, speedup, with_kernels
+from ._timing import check_impls, measure, speedup, with_kernels
 
 OP = "window"
 
@@ -194,10 +194,7 @@ def bench_model(B: int, device: str, compiled: Sequence[bool], reps: int,
 def run(device: str, dtype: torch.dtype, quick: bool, impls: Optional[Sequence[str]] = None,
         batch: Optional[int] = None) -> List[Dict[str, Any]]:
     """All window rows. CPU: tiny fp32 plumbing run (reference and timm paths; no kernels)."""
-    impls = list(impls or IMPLS)
-    unknown = [i for i in impls if i not in IMPLS]
-    if unknown:
-        raise ValueError(f"window: unknown impls {unknown}; choose from {list(IMPLS)}")
+    impls = check_impls("window", impls, IMPLS)
     if device == "cpu":
         impls = [i for i in impls if i != "triton"]
         rows = []
