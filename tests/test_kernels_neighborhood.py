@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from interpreter_child import run_interpreted
+
 from vitzoo.kernels import (fvcore_handles, na1d, na2d, na_flops, na_reference, neighbor_index,
                             rpb_index, select_backend, window_start)
 
@@ -356,20 +358,13 @@ def test_interp_child(part):
 @pytest.mark.skipif(IS_CHILD, reason="parent test")
 @pytest.mark.parametrize("part", ["ops", "models"])
 def test_triton_interpreter_matches_reference(part):
-    env = dict(os.environ, TRITON_INTERPRET="1", VITZOO_KERNELS="triton",
-               VITZOO_NA_TEST_CHILD="1", PYTHONWARNINGS="ignore")
-    env.pop("VITZOO_NA_TILE", None)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-           str(Path(__file__).resolve()), "-k", f"test_interp_child and {part}"]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    log = res.stdout[-4000:] + res.stderr[-2000:]
-    assert res.returncode == 0, log
-    assert "1 passed" in res.stdout, log
+    out = run_interpreted(__file__, f"test_interp_child and {part}", "VITZOO_NA_TEST_CHILD", timeout=600,
+                          drop_env=("VITZOO_NA_TILE",))
     if part == "ops":
-        assert res.stdout.count("ok (") == len(INTERP_CASES), log
-        assert "ok 1d/strided/deterministic" in res.stdout, log
+        assert out.count("ok (") == len(INTERP_CASES), out[-4000:]
+        assert "ok 1d/strided/deterministic" in out, out[-4000:]
     else:
-        assert res.stdout.count("ok model") == 2, log
+        assert out.count("ok model") == 2, out[-4000:]
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")

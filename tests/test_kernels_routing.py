@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from interpreter_child import run_interpreted
+
 from vitzoo.kernels import (fvcore_handles, routed_attention, routed_attention_flops,
                             routed_reference)
 
@@ -319,16 +321,9 @@ def test_interp_child_cases():
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 @pytest.mark.skipif(IS_CHILD, reason="parent test")
 def test_triton_interpreter_matches_reference():
-    env = dict(os.environ, TRITON_INTERPRET="1", VITZOO_KERNELS="triton",
-               VITZOO_ROUTING_TEST_CHILD="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-           str(Path(__file__).resolve()), "-k", "test_interp_child_cases"]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    log = res.stdout[-4000:] + res.stderr[-2000:]
-    assert res.returncode == 0, log
-    assert "1 passed" in res.stdout, log
-    assert res.stdout.count("ok (") == len(INTERP_CASES), log
-    assert all(f"ok {x}" in res.stdout for x in ("duplicates", "hot regions", "strided")), log
+    out = run_interpreted(__file__, "test_interp_child_cases", "VITZOO_ROUTING_TEST_CHILD", timeout=600)
+    assert out.count("ok (") == len(INTERP_CASES), out[-4000:]
+    assert all(f"ok {x}" in out for x in ("duplicates", "hot regions", "strided")), out[-4000:]
 
 
 @pytest.mark.gpu

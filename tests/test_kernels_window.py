@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+
+from interpreter_child import run_interpreted
 import torch.nn.functional as F
 
 from vitzoo.kernels import (fvcore_handles, window_attention, window_flops, window_reference,
@@ -329,15 +330,8 @@ def test_interp_child_cases():
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
 @pytest.mark.skipif(IS_CHILD, reason="parent test")
 def test_triton_interpreter_matches_reference():
-    env = dict(os.environ, TRITON_INTERPRET="1", VITZOO_KERNELS="triton",
-               VITZOO_WINDOW_TEST_CHILD="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-           str(Path(__file__).resolve()), "-k", "test_interp_child_cases"]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    log = res.stdout[-4000:] + res.stderr[-2000:]
-    assert res.returncode == 0, log
-    assert "1 passed" in res.stdout, log
-    assert res.stdout.count("ok (") == len(INTERP_CASES) and "ok swin" in res.stdout, log
+    out = run_interpreted(__file__, "test_interp_child_cases", "VITZOO_WINDOW_TEST_CHILD", timeout=900)
+    assert out.count("ok (") == len(INTERP_CASES) and "ok swin" in out, out[-4000:]
 
 
 # ----------------------------------------------------------------------------------------------
