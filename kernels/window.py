@@ -37,7 +37,7 @@ from ._dispatch import select_backend
 from ._flops import add_fvcore_handle, jit_constant, jit_shape
 
 __all__ = ["window_attention", "window_reference", "window_flops", "window_source_index",
-           "window_region_ids", "window_triton_unsupported"]
+           "window_region_ids", "window_triton_unsupported", "window_uses_triton"]
 
 IntOrPair = Union[int, Sequence[int]]
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -204,9 +204,15 @@ def _reference_backward(grad_out, qkv, bias, ws, ss, ms, scale):
 # ----------------------------------------------------------------------------------------------
 # Custom op: vitzoo::window_attention (+ backward)
 # ----------------------------------------------------------------------------------------------
+def window_uses_triton(tensors: Sequence[Optional[Tensor]], head_dim: int, window_size: Sequence[int],
+                       dtype: torch.dtype) -> bool:
+    """The op's dispatch rule for these tensors; the Swin mixer asks it to pick its path."""
+    reason = window_triton_unsupported(head_dim, window_size[0] * window_size[1], dtype)
+    return select_backend("window_attention", tensors, reason) == "triton"
+
+
 def _use_triton(qkv: Tensor, bias: Optional[Tensor], window_size: Sequence[int]) -> bool:
-    reason = window_triton_unsupported(qkv.shape[-1], window_size[0] * window_size[1], qkv.dtype)
-    return select_backend("window_attention", (qkv, bias), reason) == "triton"
+    return window_uses_triton((qkv, bias), qkv.shape[-1], window_size, qkv.dtype)
 
 
 @torch.library.custom_op("vitzoo::window_attention", mutates_args=())

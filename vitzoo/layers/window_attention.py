@@ -28,9 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module, resize_rel_pos_bias_table, to_2tuple, trunc_normal_
 
-from vitzoo.kernels import select_backend
 from vitzoo.kernels import window_attention as fused_window_attention
-from vitzoo.kernels.window import window_triton_unsupported
+from vitzoo.kernels.window import window_uses_triton
 
 from .window import (
     relative_position_bias, relative_position_index, shifted_window_mask, window_partition, window_reverse,
@@ -191,8 +190,7 @@ class ShiftedWindowAttention(nn.Module):
         """Whether this call runs the fused op (the kernels' dispatch rule; never when tracing or exporting)."""
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting():
             return False
-        reason = window_triton_unsupported(self.head_dim, self.window_size[0] * self.window_size[1], x.dtype)
-        fused = select_backend("window_attention", [x], reason) == "triton"
+        fused = window_uses_triton([x], self.head_dim, self.window_size, x.dtype)
         if fused and self.training and self.attn_drop > 0:
             _warn_attn_drop_once(self.attn_drop)
             return False
