@@ -1,17 +1,20 @@
 # The two commands of the README. Each makes .venv and installs the project (with its extras)
 # when it is missing or older than pyproject.toml, so a fresh machine needs nothing else.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
+# Set by `make test-newest`: lifts this machine's pip cap (a constraints file capping torch) for that venv only.
+PIP_ENV ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: demo test bench gpu-check clean
+.PHONY: demo test test-newest bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,demo]"
+	$(PIP_ENV) $(PY) -m pip install --quiet --upgrade pip
+	$(PIP_ENV) $(PY) -m pip install --quiet -e ".[dev,demo]"
+	$(PY) -c "import torch, triton, timm; print('installed: torch', torch.__version__, '| triton', triton.__version__, '| timm', timm.__version__)"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The same suite on the newest torch/triton pip resolves without the cap, in its own venv (CI runs both).
+test-newest:
+	$(MAKE) test VENV=.venv-newest PIP_ENV=PIP_CONSTRAINT=/dev/null
 
 bench: $(STAMP)
 	$(PY) tools/bench_kernels.py --device cuda
@@ -29,4 +36,4 @@ gpu-check:
 	PYTHONPATH=. python3 tools/gpu_check.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .venv-newest .pytest_cache build *.egg-info

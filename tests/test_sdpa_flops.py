@@ -1,4 +1,6 @@
 """SDPA FLOPs: the same count from FlopCounterMode (any backend) and fvcore, forward and backward."""
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -10,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 import vitzoo  # noqa: F401  (registers the formulas)
 from vitzoo.kernels import fvcore_handles, sdpa_backward_macs, sdpa_macs
-from vitzoo.kernels.sdpa_flops import registered_sdpa_ops
+from vitzoo.kernels.sdpa_flops import _BACKWARD_OPS, _FORWARD_OPS, registered_sdpa_ops
 
 aten = torch.ops.aten
 SHAPES = [((2, 3, 5, 8), (2, 3, 7, 8), (2, 3, 7, 8)),   # cross-attention, L != S
@@ -59,13 +61,28 @@ def test_count_does_not_depend_on_the_backend(shapes):
     assert torch_bwd == 2 * sdpa_backward_macs(*shapes)
 
 
+def _counted_by_torch_alone() -> set:
+    """The SDPA backend ops the installed torch counts itself, asked in a process without vitzoo."""
+    code = ("import torch; from torch.utils.flop_counter import flop_registry; "
+            "print(' '.join(str(op).split('.')[-1] for op in flop_registry "
+            "if 'scaled_dot_product' in str(op)))")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
 def test_registered_only_where_torch_does_not_count():
-    names = registered_sdpa_ops()
-    assert '_scaled_dot_product_flash_attention_for_cpu' in names
-    assert '_scaled_dot_product_flash_attention_for_cpu_backward' in names
+    """vitzoo registers exactly the SDPA backend ops this torch has and leaves uncounted."""
+    torch_counts = _counted_by_torch_alone()
+    candidates = _FORWARD_OPS + _BACKWARD_OPS
+    expected = {n for n in candidates if hasattr(aten, n) and n not in torch_counts}
+    assert set(registered_sdpa_ops()) == expected, (sorted(torch_counts), registered_sdpa_ops())
     # torch's own formulas are left alone (ours would double count or replace them)
-    assert not any(n in names for n in ('_scaled_dot_product_flash_attention',
-                                        '_scaled_dot_product_efficient_attention'))
+    assert not set(registered_sdpa_ops()) & torch_counts
+    assert {'_scaled_dot_product_flash_attention', '_scaled_dot_product_efficient_attention'} <= torch_counts
+    # whoever counts it, the CPU fused op is counted once after `import vitzoo`
+    for name in ('_scaled_dot_product_flash_attention_for_cpu',
+                 '_scaled_dot_product_flash_attention_for_cpu_backward'):
+        assert getattr(aten, name) in flop_registry, name
 
 
 class _Attention(nn.Module):
