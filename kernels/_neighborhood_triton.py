@@ -4,30 +4,15 @@ Imported lazily by :mod:`vitzoo.kernels.neighborhood` only when the Triton backe
 kernels are in ``_na_forward_triton`` and ``_na_backward_triton``; this file picks the tile
 configuration, sizes the grids and reduces the compact bias gradient.
 
-Tile table (``_tile_config``): query/key tiles are ``TH x TW`` positions of one dilation group,
-walked in chunks of ``RPC`` rows x ``CW`` columns of keys (forward, dq) or queries (dk/dv).
-
-* groups of at most 8 x 8 (7x7 maps, DiNAT layers with ``k * d = map side``): one 8x8 tile per
-  group and one 64-slot chunk, so the forward loop runs once (the dense path; two chunks at
-  head_dim 64, and the backward takes it in 32-slot chunks, to stay within registers);
-* 1-D maps: 1 x 64 tiles (1 x 32 for head_dim 128);
-* otherwise 8x8 tiles (M = 64) with 16-column chunks (32 when ``TW + k - 1 > 16``) and
-  4 / 2 / 1 rows per chunk for head_dim <= 32 / 64 / 128 (2 / 2 / 1 in the backward);
-* fp32 inputs: half as many rows per chunk (their operands take twice the registers).
-
-4 warps, 8 for head_dim 128; the backward uses 8 from head_dim 64 and 2 pipeline stages up to
-head_dim 64 (which took its kernels from ~160-190 to ~125-170 registers on sm_90; the forward
-keeps Triton's 3). These choices come from the registers and spills of sm_90/sm_80 compiles
-(``tests/test_kernels_compile.py`` prints them); no GPU timing has tuned them yet.
-
-``VITZOO_NA_TILE=RxC`` (tests only) forces small tiles so tiny maps span several tiles and the
-chunk loops run more than once. fp32 inputs use IEEE-precision dots (1e-4 against the reference);
-``VITZOO_NA_FP32_PRECISION=tf32`` (or ``tf32x3``) selects the faster tensor-float dots.
+Tile configurations come from ``_launch_config.launch_config("na", ...)``, per GPU target (the
+``~99 KB`` shared-memory parts get fewer pipeline stages) and per dtype / fp32 precision (IEEE
+fp32 dots get smaller tiles). fp32 inputs follow the one fp32 rule (``_precision.py``: torch's
+``get_float32_matmul_precision``). ``VITZOO_NA_TILE=RxC`` (tests only) forces small tiles so tiny
+maps span several tiles and the chunk loops run more than once.
 """
 from __future__ import annotations
 
 import functools
-import os
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -35,91 +20,32 @@ import triton
 from torch import Tensor
 
 from ._na_backward_triton import _na_bwd_dkdv_kernel, _na_bwd_dq_kernel
+from ._launch_config import DEFAULT_TARGET, device_target, launch_config
 from ._na_forward_triton import _na_fwd_kernel
 from ._triton_dot import dot_meta, row_delta
 
 __all__ = ["na2d_triton_forward", "na2d_triton_backward", "tile_config"]
 
 _LOG2E = 1.4426950408889634
-_FP32_PRECISIONS = ("ieee", "tf32", "tf32x3")
-
-
-def _fp32_precision() -> str:
-    prec = os.environ.get("VITZOO_NA_FP32_PRECISION", "ieee").strip().lower() or "ieee"
-    if prec not in _FP32_PRECISIONS:
-        raise ValueError(f"VITZOO_NA_FP32_PRECISION={prec!r} is not one of {_FP32_PRECISIONS}")
-    return prec
-
-
-def _tile_override() -> Optional[Tuple[int, int]]:
-    spec = os.environ.get("VITZOO_NA_TILE", "").strip().lower()
-    if not spec:
-        return None
-    try:
-        th, tw = (int(x) for x in spec.split("x"))
-    except ValueError:
-        raise ValueError(f"VITZOO_NA_TILE={spec!r} must look like '4x4'") from None
-    if th < 1 or tw < 1 or th & (th - 1) or tw & (tw - 1) or th * tw < 16:
-        raise ValueError(f"VITZOO_NA_TILE={spec!r}: both sides must be powers of two with "
-                         "rows * cols >= 16 (tl.dot needs M >= 16)")
-    return th, tw
 
 
 def tile_config(H: int, W: int, ks: Sequence[int], dil: Sequence[int], head_dim: int,
-                elem_bytes: int = 2, ieee: bool = False) -> Dict[str, Dict[str, int]]:
-    """Tile configuration of one call: ``{"fwd": {...}, "bwd": {...}}`` launch meta-parameters.
-
-    Every ``tl.dot`` has M = TH*TW, N = RPC*CW and K = BLOCK_D all >= 16 (Triton 3.1's minimum).
-    fp32 inputs (``elem_bytes`` 4) take chunks of half the rows: their operands need twice the
-    registers. IEEE fp32 dots (``ieee``) run on FMA units, not tensor cores, and need far more
-    registers still: 4x8 tiles, 16/32-slot chunks and 8 warps keep them from spilling.
-    """
-    cfg = {name: dict(c) for name, c in _tile_config(H, W, ks, dil, head_dim).items()}
-    if elem_bytes >= 4 and ieee and H > 1 and _tile_override() is None:
-        cfg["fwd"].update(TH=4, TW=8, RPC=2, CW=8, num_warps=8)
-        cfg["bwd"].update(TH=4, TW=8, RPC=4, CW=8, num_warps=8)
-        return cfg
-    if elem_bytes >= 4:
-        for name, c in cfg.items():
-            floor = -(-16 // c["CW"])                                  # N >= 16
-            if name == "bwd" and c["TH"] > 1:
-                floor = max(floor, -(-16 // c["TH"]))                  # d(rpb) bins: TH*RPC >= 16
-            c["RPC"] = max(c["RPC"] // 2, floor)
-    return cfg
+                elem_bytes: int = 2, ieee: bool = False, target: Optional[int] = None
+                ) -> Dict[str, Dict[str, int]]:
+    """``{"fwd": {...}, "bwd": {...}}`` launch meta-parameters of one call (see
+    ``_launch_config._na``); ``target`` defaults to ``DEFAULT_TARGET``."""
+    dtype = "float32" if elem_bytes >= 4 else "bfloat16"
+    target = DEFAULT_TARGET if target is None else target
+    shape = dict(H=H, W=W, kernel_size=tuple(ks), dilation=tuple(dil), head_dim=head_dim)
+    return {k: launch_config("na", k, target, dtype, "ieee" if ieee else "tf32", **shape)
+            for k in ("fwd", "bwd")}
 
 
-def _tile_config(H: int, W: int, ks: Sequence[int], dil: Sequence[int], head_dim: int
-                 ) -> Dict[str, Dict[str, int]]:
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    warps = 8 if block_d >= 128 else 4
-    n_h, n_w = -(-H // dil[0]), -(-W // dil[1])
-    override = _tile_override()
-    if override is not None:
-        th, tw = override
-        if H == 1:
-            th, tw = 1, th * tw
-        fwd = dict(TH=th, TW=tw, RPC=2 if th > 1 else 1, CW=8 if th > 1 else 16)
-        bwd = dict(fwd, RPC=max(2, 16 // th)) if th > 1 else fwd   # TH*RPC >= 16: d(rpb) bins
-    elif H == 1:
-        tw = 32 if block_d >= 128 else 64
-        fwd = dict(TH=1, TW=tw, RPC=1, CW=64)
-        bwd = dict(TH=1, TW=tw, RPC=1, CW=32)
-    elif n_h <= 8 and n_w <= 8:
-        # one chunk, the whole group (two for head_dim 64: registers)
-        fwd = dict(TH=8, TW=8, RPC=4 if block_d == 64 else 8, CW=8)
-        bwd = dict(TH=8, TW=8, RPC=2 if block_d >= 128 else 4, CW=8)   # 64 x 64 tiles spill
-    else:
-        wide = 8 + ks[1] - 1 > 16
-        cw = 32 if wide else 16
-        rpc_f = {16: 4, 32: 4, 64: 2}.get(block_d, 1)
-        rpc_b = 1 if block_d >= 128 else 2
-        if wide:
-            rpc_f, rpc_b = max(1, rpc_f // 2), max(1, rpc_b // 2)
-        fwd = dict(TH=8, TW=8, RPC=rpc_f, CW=cw)
-        bwd = dict(TH=8, TW=8, RPC=rpc_b, CW=cw)
-    return {"fwd": dict(fwd, BLOCK_D=block_d, num_warps=warps),
-            "bwd": dict(bwd, BLOCK_D=block_d, num_warps=8 if block_d >= 64 else 4,
-                        num_stages=2 if block_d <= 64 else 3)}
+def _config(q: Tensor, kernel: str, ks, dil) -> Dict[str, int]:
+    B, H, W, NH, D = q.shape
+    return launch_config("na", kernel, device_target(q.device), q.dtype,
+                         dot_meta(q.dtype)["PREC"], H=H, W=W, kernel_size=ks, dilation=dil,
+                         head_dim=D)
 
 
 def _grid(H: int, W: int, dil: Sequence[int], cfg: Dict[str, int], batch_heads: int):
@@ -137,8 +63,8 @@ def _strides(x: Tensor) -> Tuple[int, int, int, int]:
 
 
 def _dot_meta(q: Tensor) -> Dict[str, object]:
-    """``PREC`` (fp32 dot precision, ``VITZOO_NA_FP32_PRECISION``) and ``UPCAST`` (interpreter only)."""
-    return dot_meta(q.dtype, _fp32_precision())
+    """``PREC`` (the fp32 rule, ``_precision.py``) and ``UPCAST`` (interpreter only)."""
+    return dot_meta(q.dtype)
 
 
 def _region_cols(cfg: Dict[str, int], kw: int, inverse: bool) -> int:
@@ -187,8 +113,7 @@ def na2d_triton_forward(q: Tensor, k: Tensor, v: Tensor, rpb: Optional[Tensor],
     kh, kw, dh, dw = int(ks[0]), int(ks[1]), int(dil[0]), int(dil[1])
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, W, NH), dtype=torch.float32, device=q.device)
-    cfg = tile_config(H, W, (kh, kw), (dh, dw), D, q.element_size(),
-                      _dot_meta(q)["PREC"] == "ieee")["fwd"]
+    cfg = _config(q, "fwd", (kh, kw), (dh, dw))
     grid, nth, ntw = _grid(H, W, (dh, dw), cfg, B * NH)
     rpb2, ncw = _rpb_expanded(rpb, q, cfg, inverse=False)
     _na_fwd_kernel[grid](q, k, v, rpb2, out, lse,
@@ -230,8 +155,7 @@ def na2d_triton_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb:
     B, H, W, NH, D = q.shape
     kh, kw, dh, dw = int(ks[0]), int(ks[1]), int(dil[0]), int(dil[1])
     grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
-    cfg = tile_config(H, W, (kh, kw), (dh, dw), D, q.element_size(),
-                      _dot_meta(q)["PREC"] == "ieee")["bwd"]
+    cfg = _config(q, "bwd", (kh, kw), (dh, dw))
     delta = row_delta(out, grad_out, torch.empty((B, H, W, NH), dtype=torch.float32, device=q.device),
                       D, cfg["BLOCK_D"])
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)

@@ -17,8 +17,9 @@ region is token ``s % w2`` of region ``r_idx[b, r, s // w2]`` (the official gath
   so that w2 = 4 / 16 regions still fill the MMAs. A region listed twice counts twice, as in the
   gather. Every output element is written by one program: deterministic, no atomics.
 
-fp32 inputs use IEEE dots (``PREC``, see ``_triton_dot``; TF32 would miss the 1e-4 tests); fp16/bf16 cast P
-and dS to the input dtype before the second GEMM. Every dot has M, N, K >= 16.
+fp32 inputs follow the one fp32 rule (``_precision.py``: IEEE dots at torch's ``"highest"``, TF32
+tensor-core dots at ``"high"``/``"medium"``); fp16/bf16 cast P and dS to the input dtype before
+the second GEMM. Tiles come from ``_launch_config`` per GPU target. Every dot has M, N, K >= 16.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._launch_config import device_target, launch_config
 from ._triton_dot import dot_meta, mma, row_delta
 
 __all__ = ["routed_triton_forward", "routed_triton_backward"]
@@ -226,16 +228,6 @@ def _inverse_routing(r_idx: Tensor, regions: int) -> Tuple[Tensor, Tensor]:
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-def _pow2(n: int, lo: int = 16, hi: int = 64) -> int:
-    return max(lo, min(hi, triton.next_power_of_2(max(1, n))))
-
-
-def _warps(rows: int) -> int:
-    """8 warps for 64-row tiles with two fp32 accumulators (dK/dV): stays well below 255
-    registers per thread without spilling; 4 otherwise."""
-    return 8 if rows >= 64 else 4
-
-
 def _last_dim_contiguous(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -245,10 +237,18 @@ def _geometry(q: Tensor, v: Tensor, r_idx: Tensor, n_win: int):
     hr, wr = H // n_win, W // n_win
     w2 = hr * wr
     topk = r_idx.shape[-1]
+    meta = dot_meta(q.dtype)
+    shape = dict(w2=w2, topk=topk, dqk=dqk, dv=v.shape[-1])
+    target = device_target(q.device)
+    cfg = {kernel: launch_config("routed", kernel, target, q.dtype, meta["PREC"], **shape)
+           for kernel in ("fwd", "dq", "dkdv")}
     return dict(B=B, nh=nh, dqk=dqk, dv=v.shape[-1], hr=hr, wr=wr, w2=w2, topk=topk,
-                R=n_win * n_win, BLOCK_M=_pow2(w2), BLOCK_N=_pow2(topk * w2),
-                BLOCK_DQK=_pow2(dqk, 16, 128), BLOCK_DV=_pow2(v.shape[-1], 16, 128),
-                **dot_meta(q.dtype))
+                R=n_win * n_win, cfg=cfg, **meta)
+
+
+def _meta(g, kernel: str):
+    """Constexprs + warps/stages of one kernel: its table entry and the dot meta."""
+    return dict(g["cfg"][kernel], DQK=g["dqk"], DV=g["dv"], PREC=g["PREC"], UPCAST=g["UPCAST"])
 
 
 def _strides(q: Tensor, k: Tensor, v: Tensor):
@@ -264,13 +264,11 @@ def routed_triton_forward(q: Tensor, k: Tensor, v: Tensor, r_idx: Tensor, n_win:
     if out.numel() == 0:
         return out, lse
     ridx = r_idx.to(torch.int32).contiguous()
-    grid = (g["B"] * g["R"], triton.cdiv(g["w2"], g["BLOCK_M"]), g["nh"])
+    meta = _meta(g, "fwd")
+    grid = (g["B"] * g["R"], triton.cdiv(g["w2"], meta["BLOCK_M"]), g["nh"])
     _routed_fwd_kernel[grid](
         q, k, v, ridx, out, lse, *_strides(q, k, v),
-        g["nh"], n_win, g["hr"], g["wr"], g["topk"], scale * _LOG2E,
-        DQK=g["dqk"], DV=g["dv"], BLOCK_DQK=g["BLOCK_DQK"], BLOCK_DV=g["BLOCK_DV"],
-        BLOCK_M=g["BLOCK_M"], BLOCK_N=g["BLOCK_N"], PREC=g["PREC"], UPCAST=g["UPCAST"], num_warps=4,
-        num_stages=2)
+        g["nh"], n_win, g["hr"], g["wr"], g["topk"], scale * _LOG2E, **meta)
     return out, lse
 
 
@@ -283,21 +281,19 @@ def routed_triton_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, r_
     dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
     if dq.numel() == 0:
         return dq, dk, dv
-    delta = row_delta(out, grad_out, torch.empty_like(lse), g["dv"], g["BLOCK_DV"])
+    dq_meta, dkdv_meta = _meta(g, "dq"), _meta(g, "dkdv")
+    delta = row_delta(out, grad_out, torch.empty_like(lse), g["dv"], dq_meta["BLOCK_DV"])
     ridx = r_idx.to(torch.int32).contiguous()
-    meta = dict(DQK=g["dqk"], DV=g["dv"], BLOCK_DQK=g["BLOCK_DQK"], BLOCK_DV=g["BLOCK_DV"],
-                PREC=g["PREC"], UPCAST=g["UPCAST"], num_warps=4, num_stages=2)
     geo = (g["nh"], n_win, g["hr"], g["wr"], g["topk"])
-    grid = (g["B"] * g["R"], triton.cdiv(g["w2"], g["BLOCK_M"]), g["nh"])
+    grid = (g["B"] * g["R"], triton.cdiv(g["w2"], dq_meta["BLOCK_M"]), g["nh"])
     _routed_bwd_dq_kernel[grid](
         q, k, v, ridx, grad_out, lse, delta, dq, *_strides(q, k, v), *geo,
-        scale * _LOG2E, scale, BLOCK_M=g["BLOCK_M"], BLOCK_N=g["BLOCK_N"], **meta)
+        scale * _LOG2E, scale, **dq_meta)
     inv, offs = _inverse_routing(ridx, g["R"])
     # key tile = one region's tokens (>= 16 rows); each 64-row query block stacks 64 // w2
     # routed query regions (w2 = 4 or 16 at BiFormer's later stages), so the MMAs stay full
-    blk_n = g["BLOCK_M"]
-    grid = (g["B"] * g["R"], triton.cdiv(g["w2"], blk_n), g["nh"])
+    grid = (g["B"] * g["R"], triton.cdiv(g["w2"], dkdv_meta["BLOCK_N"]), g["nh"])
     _routed_bwd_dkdv_kernel[grid](
         q, k, v, inv, offs, grad_out, lse, delta, dk, dv, *_strides(q, k, v), *geo,
-        scale * _LOG2E, scale, BLOCK_M=64, BLOCK_N=blk_n, **dict(meta, num_warps=_warps(blk_n)))
+        scale * _LOG2E, scale, **dkdv_meta)
     return dq, dk, dv

@@ -4,43 +4,62 @@ backward's delta = rowsum(dO * O) preprocess.
 Shared by the neighborhood, window and routed-attention kernels so the precision rule and the
 interpreter workaround live in one place:
 
-* ``PREC``: ``tl.dot``'s ``input_precision``. fp32 inputs default to ``"ieee"`` (``tl.dot`` would
-  use TF32 on sm_80+ and miss the 1e-4 tests); 16-bit inputs ignore it.
-* ``UPCAST``: set only when the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``)
-  on 16-bit inputs. Triton 3.8's interpreter computes bf16 dots wrongly, so there the operands,
-  already rounded to 16 bits, are multiplied in fp32. Compiled kernels never take that branch.
+* ``PREC``: ``tl.dot``'s ``input_precision``. fp32 inputs follow the one fp32 rule of
+  ``_precision.py`` (torch's ``get_float32_matmul_precision``: ``"highest"`` -> ``"ieee"``,
+  ``"high"``/``"medium"`` -> ``"tf32"`` tensor-core dots); 16-bit inputs ignore it.
+* ``UPCAST``: set only when the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``),
+  on 16-bit inputs or on fp32 inputs with ``PREC="tf32"``. Triton 3.8's interpreter computes bf16
+  dots wrongly and ignores ``input_precision`` (its TF32 dots are IEEE), so there the operands
+  are multiplied in fp32 after rounding to TF32's 10-bit mantissa (round to nearest, ties away,
+  as ``cvt.rna.tf32.f32``; exact for 16-bit operands). The interpreter thus shows TF32's real
+  error. Compiled kernels never take that branch.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._precision import dot_precision
+
 __all__ = ["mma", "dot_meta", "row_delta"]
+
+
+@triton.jit
+def _round_tf32(x):
+    """fp32 ``x`` rounded to TF32 (10-bit mantissa; nearest, ties away from zero)."""
+    bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+    return ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
 def mma(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
     """``tl.dot(a, b)`` with fp32 accumulation (see the module doc for ``PREC``/``UPCAST``)."""
     if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        if PREC == "tf32":
+            return tl.dot(_round_tf32(a), _round_tf32(b), input_precision="ieee")
+        else:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a, b, input_precision=PREC)
 
 
-def dot_meta(dtype: torch.dtype, fp32_precision: str = "ieee") -> Dict[str, object]:
+def dot_meta(dtype: torch.dtype, fp32_precision: Optional[str] = None) -> Dict[str, object]:
     """``PREC`` and ``UPCAST`` for kernels whose dot inputs have ``dtype``.
+
+    ``fp32_precision`` forces the fp32 choice; by default it is ``_precision.fp32_precision()``,
+    read at every call.
 
     The interpreter is detected from the kernels themselves (``@triton.jit`` gave interpreter
     objects), not from the environment, so a compile-only capture of the launches never sets
     ``UPCAST``.
     """
     interpreted = type(mma).__name__ == "InterpretedFunction"
-    return dict(PREC=fp32_precision if dtype == torch.float32 else "tf32",
-                UPCAST=dtype != torch.float32 and interpreted)
+    prec = dot_precision(dtype, fp32_precision)
+    return dict(PREC=prec, UPCAST=interpreted and (dtype != torch.float32 or prec == "tf32"))
 
 
 @triton.jit

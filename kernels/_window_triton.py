@@ -34,9 +34,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._launch_config import device_target, launch_config
 from ._triton_dot import dot_meta, mma
 
-__all__ = ["window_triton_forward", "window_triton_backward", "launch_config"]
+__all__ = ["window_triton_forward", "window_triton_backward"]
 
 LOG2E = 1.4426950408889634
 
@@ -291,28 +292,6 @@ def _win_bwd_blocked_kernel(
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-def launch_config(tokens: int, head_dim: int, block: Optional[int] = None,
-                  backward: bool = False) -> Tuple[int, int, int]:
-    """(BLOCK, NB, BLOCK_D) for a window of ``tokens`` tokens.
-
-    Forward: one block of up to 64 tokens (32 for head_dim > 64), else ``NB`` such blocks.
-    Backward: the one-block kernel for up to 64 tokens at head_dim <= 32 (every Swin window 7);
-    otherwise blocks of 32 (a 64-token block spills at head_dim 64 on sm_80, and 144 tokens fill
-    5 x 32 slots better than 3 x 64). ``block`` forces a block size (tests use it to run the
-    multi-block kernels on small windows). Every ``tl.dot`` dimension stays >= 16.
-    """
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    if block is None:
-        fits = max(16, triton.next_power_of_2(tokens))
-        if backward:
-            block = fits if fits <= 64 and head_dim <= 32 else min(fits, 32)
-        else:
-            block = min(fits, 64 if head_dim <= 64 else 32)
-    return block, triton.cdiv(tokens, block), block_d
-
-
-#: one-block forward: windows per program (the bias tile is loaded once for all of them)
-_FWD_WINDOWS_PER_PROGRAM = 4
 _SM_COUNT = {}
 
 
@@ -344,10 +323,10 @@ def _padded_bias(bias: Optional[Tensor], heads: int, tokens: int, np_: int, devi
     return out
 
 
-def _block_override() -> Optional[int]:
-    import os
-    value = os.environ.get("VITZOO_WINDOW_BLOCK", "").strip()  # test-only: force a block size
-    return int(value) if value else None
+def _config(qkv: Tensor, kernel: str, tokens: int) -> dict:
+    """Launch meta-parameters from the per-target table (``_launch_config._window``)."""
+    return launch_config("window", kernel, device_target(qkv.device), qkv.dtype,
+                         dot_meta(qkv.dtype)["PREC"], tokens=tokens, head_dim=qkv.shape[-1])
 
 
 def window_triton_forward(qkv: Tensor, bias: Optional[Tensor], window: Sequence[int],
@@ -358,22 +337,21 @@ def window_triton_forward(qkv: Tensor, bias: Optional[Tensor], window: Sequence[
     qkv = qkv.contiguous()
     B, HP, WP, _, NH, D = qkv.shape
     geo, nwtot = _geometry(qkv, window, shift, map_size)
-    block, nb, block_d = launch_config(geo["N"], D, _block_override())
+    cfg = _config(qkv, "fwd", geo["N"])
+    block, nb = cfg["BLOCK"], cfg["NB"]
     bias2 = _padded_bias(bias, NH, geo["N"], nb * block, qkv.device)
     out = torch.empty(B, HP, WP, NH, D, device=qkv.device, dtype=qkv.dtype)
     lse = torch.empty(B, HP, WP, NH, device=qkv.device, dtype=torch.float32)
     shifted = bool(shift[0] or shift[1])
+    meta = dict(HEAD_DIM=D, BLOCK_D=cfg["BLOCK_D"], BLOCK=block, SHIFTED=shifted,
+                **dot_meta(qkv.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if nb == 1:
-        wpp = _FWD_WINDOWS_PER_PROGRAM
+        wpp = cfg["WPP"]
         _win_fwd_one_kernel[(triton.cdiv(nwtot, wpp), NH)](
-            qkv, bias2, out, lse, *geo.values(), nwtot, scale * LOG2E,
-            HEAD_DIM=D, BLOCK_D=block_d, BLOCK=block, WPP=wpp, SHIFTED=shifted,
-            **dot_meta(qkv.dtype), num_warps=4, num_stages=2)
+            qkv, bias2, out, lse, *geo.values(), nwtot, scale * LOG2E, WPP=wpp, **meta)
     else:
         _win_fwd_kernel[(nwtot * nb, NH)](
-            qkv, bias2, out, lse, *geo.values(), scale * LOG2E,
-            HEAD_DIM=D, BLOCK_D=block_d, BLOCK=block, NB=nb, SHIFTED=shifted,
-            **dot_meta(qkv.dtype), num_warps=4, num_stages=2)
+            qkv, bias2, out, lse, *geo.values(), scale * LOG2E, NB=nb, **meta)
     return out, lse
 
 
@@ -387,13 +365,15 @@ def window_triton_backward(grad_out: Tensor, qkv: Tensor, bias: Optional[Tensor]
     B, HP, WP, _, NH, D = qkv.shape
     geo, nwtot = _geometry(qkv, window, shift, map_size)
     N = geo["N"]
-    block, nb, block_d = launch_config(N, D, _block_override(), backward=True)
+    cfg = _config(qkv, "bwd", N)
+    block, nb = cfg["BLOCK"], cfg["NB"]
     np_ = nb * block
     bias2 = _padded_bias(bias, NH, N, np_, qkv.device)
     nslot = slots or _num_slots(qkv.device, nwtot, NH)
     dqkv = torch.empty_like(qkv)
-    common = dict(HEAD_DIM=D, BLOCK_D=block_d, BLOCK=block, SHIFTED=bool(shift[0] or shift[1]),
-                  **dot_meta(qkv.dtype), num_warps=8, num_stages=1)
+    common = dict(HEAD_DIM=D, BLOCK_D=cfg["BLOCK_D"], BLOCK=block,
+                  SHIFTED=bool(shift[0] or shift[1]), **dot_meta(qkv.dtype),
+                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     args = (*geo.values(), nwtot, nslot, scale * LOG2E, scale)
     partial = torch.zeros(nslot, NH, np_, np_, device=qkv.device, dtype=torch.float32)
     if nb == 1:

@@ -213,7 +213,11 @@ def _triton_unsupported(q: Tensor, v: Tensor) -> Optional[str]:
         return f"dtype {q.dtype} is not one of float32/float16/bfloat16"
     lo, hi = _TRITON_HEAD_DIMS
     for name, d in (("qk head_dim", q.shape[-1]), ("v head_dim", v.shape[-1])):
-        if not lo <= d <= hi or d % 8:
+        if d < lo:
+            return f"{name} {d} is below the kernels' minimum {lo} (tl.dot needs K >= 16)"
+        if d > hi:
+            return f"{name} {d} is above the kernels' maximum {hi}"
+        if d % 8:
             return f"{name} {d} is not a multiple of 8 in [{lo}, {hi}]"
     return None
 

@@ -235,11 +235,11 @@ def _check_triton_case(tile, B, H, W, nh, hd, ks, dil, use_rpb, dtype, device):
     tri.na2d_triton_forward = lambda *a: calls.append("f") or fwd(*a)
     tri.na2d_triton_backward = lambda *a: calls.append("b") or bwd(*a)
     old_tile = os.environ.pop("VITZOO_NA_TILE", None)
-    old_prec = os.environ.pop("VITZOO_NA_FP32_PRECISION", None)
+    old_prec = os.environ.pop("VITZOO_FP32_PRECISION", None)
     if tile not in ("", "ieee"):
         os.environ["VITZOO_NA_TILE"] = tile
-    if tile == "" and device == "cpu":
-        os.environ["VITZOO_NA_FP32_PRECISION"] = "tf32"
+    if tile == "" and device == "cpu":   # 8x8 tiles (fewer programs), IEEE-exact in the interpreter
+        os.environ["VITZOO_FP32_PRECISION"] = "tf32x3"
     try:
         g = torch.Generator().manual_seed(B * 100 + H * 10 + W)
         base = [torch.randn(B, H, W, nh, hd, generator=g) for _ in range(3)]
@@ -263,11 +263,11 @@ def _check_triton_case(tile, B, H, W, nh, hd, ks, dil, use_rpb, dtype, device):
     finally:
         tri.na2d_triton_forward, tri.na2d_triton_backward = fwd, bwd
         os.environ.pop("VITZOO_NA_TILE", None)
-        os.environ.pop("VITZOO_NA_FP32_PRECISION", None)
+        os.environ.pop("VITZOO_FP32_PRECISION", None)
         if old_tile is not None:
             os.environ["VITZOO_NA_TILE"] = old_tile
         if old_prec is not None:
-            os.environ["VITZOO_NA_FP32_PRECISION"] = old_prec
+            os.environ["VITZOO_FP32_PRECISION"] = old_prec
 
 
 def _check_1d_strided_deterministic():
@@ -314,9 +314,9 @@ def _check_models():
     shrunk = {"vitzoo_nat_mini": dict(depths=(1, 1, 1, 1)),
               "vitzoo_dinat_tiny": dict(depths=(2, 2, 2, 2),
                                         dilations=dinat_dilations((2, 2, 2, 2), (8, 4, 2, 1)))}
-    # the TF32 tile table (8x8 tiles; the interpreter computes the dots in fp32 anyway) keeps
-    # the number of interpreted programs, and the run time, down
-    os.environ["VITZOO_NA_FP32_PRECISION"] = "tf32"
+    # the tensor-core fp32 tile table (8x8 tiles) keeps the number of interpreted programs, and
+    # the run time, down; tf32x3 is computed as IEEE by the interpreter (plain tf32 is emulated)
+    os.environ["VITZOO_FP32_PRECISION"] = "tf32x3"
     for name, args in shrunk.items():
         torch.manual_seed(0)
         model = timm.create_model(name, num_classes=10, drop_path_rate=0.0, **args).eval()
@@ -375,15 +375,18 @@ def test_triton_interpreter_matches_reference(part):
 ])
 def test_tile_config_dot_shapes(hw, ks, dil, head_dim, monkeypatch):
     """Every tl.dot has M, N, K >= 16 (Triton 3.1's minimum) in every tile configuration."""
+    from vitzoo.kernels._launch_config import TARGETS
     from vitzoo.kernels._neighborhood_triton import tile_config
 
     for tile in ("", "4x4", "2x8"):
         monkeypatch.setenv("VITZOO_NA_TILE", tile)
         for elem_bytes, ieee in ((2, False), (4, False), (4, True)):
-            cfgs = tile_config(*hw, ks, dil, head_dim, elem_bytes, ieee)
-            for cfg in cfgs.values():
-                assert cfg["TH"] * cfg["TW"] >= 16 and cfg["RPC"] * cfg["CW"] >= 16, cfg
-                assert cfg["BLOCK_D"] >= max(16, head_dim), cfg
+            for target in TARGETS:
+                cfgs = tile_config(*hw, ks, dil, head_dim, elem_bytes, ieee, target)
+                for cfg in cfgs.values():
+                    assert cfg["TH"] * cfg["TW"] >= 16 and cfg["RPC"] * cfg["CW"] >= 16, cfg
+                    assert cfg["BLOCK_D"] >= max(16, head_dim), cfg
+                    assert cfg["num_warps"] in (2, 4, 8) and cfg["num_stages"] >= 1, cfg
     monkeypatch.setenv("VITZOO_NA_TILE", "3x3")
     with pytest.raises(ValueError, match="VITZOO_NA_TILE"):
         tile_config(*hw, ks, dil, head_dim)

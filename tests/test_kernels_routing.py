@@ -409,10 +409,12 @@ def test_triton_refuses_unsupported_head_dims(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")   # lets CPU tensors pass the device check
     monkeypatch.setenv("VITZOO_KERNELS", "triton")
     r_idx = _routing(1, 2, 1)
-    for dqk, dv, bad in ((12, 16, "qk head_dim 12"), (16, 136, "v head_dim 136"),
-                         (8, 16, "qk head_dim 8")):
+    for dqk, dv, bad in ((20, 16, "qk head_dim 20 is not a multiple of 8 in \\[16, 128\\]"),
+                         (16, 12, "v head_dim 12 is below the kernels' minimum 16"),
+                         (16, 136, "v head_dim 136 is above the kernels' maximum 128"),
+                         (8, 16, "qk head_dim 8 is below the kernels' minimum 16")):
         q, k, v = _inputs(1, 4, 4, 1, dqk, dv, dtype=torch.float32, grad=False)
-        with pytest.raises(RuntimeError, match=f"{bad} is not a multiple of 8 in \\[16, 128\\]"):
+        with pytest.raises(RuntimeError, match=bad):
             routed_attention(q, k, v, r_idx, 2, 0.25)
     monkeypatch.setenv("VITZOO_KERNELS", "auto")
     q, k, v = _inputs(1, 4, 4, 1, 12, 16, dtype=torch.float32, grad=False)
