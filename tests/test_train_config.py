@@ -73,7 +73,10 @@ def test_every_option_has_help_and_shows_default():
         if action.dest in ('help',):
             continue
         assert action.help and action.help.strip(), f'{action.option_strings or action.dest} has no help'
-    assert text.count('(default:') >= len([a for a in parser._actions if a.option_strings]) - 2
+    # every set default is shown once: by the formatter, or in the help text itself
+    shown = [a for a in parser._actions if a.option_strings and a.dest != 'help'
+             and a.default not in (None, False, '', argparse.SUPPRESS) and 'default' not in (a.help or '').lower()]
+    assert len(shown) > 50 and text.count('(default:') >= len(shown) - 2
 
 
 def test_run_folders_are_unique_and_reuse_is_refused(tmp_path):
@@ -167,3 +170,99 @@ def test_tensorboard_scalars_of_a_run(tmp_path):
     assert any('loss' in t for t in tags) and any('lr' in t for t in tags), tags
     assert any('top1' in t for t in tags) and any('top5' in t for t in tags), tags
     assert any('img' in t for t in tags), tags
+
+
+def test_print_config_shows_the_effective_recipe_and_touches_nothing(tmp_path, monkeypatch, capsys):
+    """Global batch = batch x processes x accumulation, lr after scaling, epochs incl. cooldown, AMP; exit 0."""
+    monkeypatch.delenv('WORLD_SIZE', raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(['--config', 'caformer/caformer_b36', '--print-config']) == 0
+    out = capsys.readouterr().out
+    assert '4096 = 128 per process x 8 processes' in out and '4 accumulation steps' in out
+    assert 'lr                      0.008 (lr_base 0.008 x (4096 / 4096), linear scaling)' in out
+    assert 'epochs run              310 (epochs 300, cooldown 10)' in out and 'off (fp32)' in out
+    # a DeiT-derived recipe runs exactly `epochs`; a data path that does not exist is not read
+    assert cli_main([str(tmp_path / 'no_data'), '--config', 'efficientvit/efficientvit_m0', '--print-config',
+                     '--output', str(tmp_path / 'o')]) == 0
+    out = capsys.readouterr().out
+    assert 'epochs run              300 (epochs 300, cooldown 0)' in out and 'lr                      0.004' in out
+    assert 'repeated augmentation   x3' in out
+    # a launch with 2 processes and a smaller batch: the lr follows the recipe's linear rule
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    assert cli_main(['--config', 'efficientvit/efficientvit_m0', '--print-config', '-b', '64']) == 0
+    out = capsys.readouterr().out
+    assert '128 = 64 per process x 2 processes' in out and '0.00025 (lr_base 0.001 x (128 / 512)' in out
+    assert os.listdir(tmp_path) == [], 'print-config created files'
+
+
+def test_token_label_recipe_is_refused_in_one_line(tmp_path, capsys):
+    data = make_folder(tmp_path / 'd', n_train=2, n_val=1)
+    assert cli_main([data, '--config', 'spectformer/spectformer_h_s', '--output', str(tmp_path / 'o')]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'token_label'" in err and 'label_top5_train_nfnet' in err
+    assert '--no-token-label' in err and not (tmp_path / 'o').exists()
+    args = parse_args([data, '--config', 'spectformer/spectformer_h_s', '--no-token-label'])
+    assert args.token_label is False and args.mixup == 0.0 and args.train_interpolation == 'random'
+
+
+def test_recipe_note_when_the_process_count_differs():
+    from vitzoo.cli.effective_config import recipe_note
+    args = parse_args(['--config', 'poolformer/poolformerv2_s12'])
+    assert recipe_note(args, 8) is None
+    note = recipe_note(args, 1)
+    assert 'written for 8 processes (global batch 4096)' in note and 'global batch 512' in note
+
+
+def test_repeated_augmentation_uses_timm_sampler_under_ddp(tmp_path):
+    """--aug-repeats in a distributed run: timm's RepeatAugSampler (each image 3 times, spread over ranks)."""
+    import torch.distributed as dist
+    from timm.data.distributed_sampler import RepeatAugSampler
+    from vitzoo.cli.train import build_loaders, create_datasets
+    data = make_folder(tmp_path / 'd', n_train=4, n_val=1)
+    args = parse_args([data, *TINY, *FAST, '--aug-repeats', '3'])
+    args.distributed, args.rank, args.world_size, args.prefetcher = True, 0, 1, False
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "pg"}', rank=0, world_size=1)
+    try:
+        tr, ev = create_datasets(args)
+        cfg = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation='bicubic', crop_pct=1.0)
+        loader, *_ = build_loaders(args, cfg, tr, ev, 3, torch.device('cpu'))
+        inner = getattr(loader, 'loader', loader)  # timm's prefetcher wraps the DataLoader
+        sampler = inner.sampler if inner.sampler is not None else inner.batch_sampler.sampler
+        sampler = getattr(sampler, 'inner', None) or sampler  # an epoch-seeding wrapper around it
+        assert isinstance(sampler, RepeatAugSampler) and sampler.num_repeats == 3
+        sampler.set_epoch(1)
+        idx = list(iter(sampler))
+        assert len(idx) == len(tr) and len(set(idx)) < len(idx), 'images repeat within the epoch'
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_process_run_says_repeated_augmentation_is_off(tmp_path, caplog):
+    data = make_folder(tmp_path / 'd', n_train=2, n_val=1)
+    with caplog.at_level('WARNING', logger='train'):
+        train([data, *TINY, *FAST, '--aug-repeats', '3', '--output', str(tmp_path / 'o')])
+    assert any('needs more than one process' in r.getMessage() for r in caplog.records)
+
+
+def test_schedule_steps_per_update_or_per_epoch(tmp_path):
+    """sched_on_updates (Swin, NAT) moves the lr every update; without it the lr holds for the epoch."""
+    import csv
+    data = make_folder(tmp_path / 'd', n_train=4, n_val=1)
+    lrs = {}
+    for mode, extra in (('upd', ['--sched-on-updates']), ('ep', [])):
+        r = train([data, *TINY, *FAST, '-b', '2', '--epochs', '2', '--warmup-epochs', '1', '--warmup-lr', '1e-5',
+                   '--log-interval', '1', '--output', str(tmp_path / 'o'), '--experiment', mode, *extra])
+        with open(os.path.join(r['output_dir'], 'steps.csv')) as f:
+            lrs[mode] = [float(row['lr']) for row in csv.DictReader(f) if int(row['epoch']) == 0]
+    assert len(lrs['upd']) >= 3 and len(set(lrs['upd'])) == len(lrs['upd']), lrs
+    assert len(set(lrs['ep'])) == 1, lrs
+
+
+def test_fp32_recipe_runs_without_autocast_or_scaler():
+    from vitzoo.cli.engine import make_amp
+    args = parse_args(['--config', 'efficientvit/efficientvit_m0'])
+    assert args.amp is False
+    autocast, scaler = make_amp(args, torch.device('cpu'))
+    assert scaler is None
+    with autocast():
+        assert not torch.is_autocast_enabled('cpu')

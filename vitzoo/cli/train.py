@@ -34,6 +34,7 @@ from timm.utils import ModelEmaV3, distribute_bn, init_distributed_device, rando
 
 from . import checkpoints as ckpts
 from . import distill
+from . import effective_config
 from .data import (
     CorruptImageError, SkippingImageDataset, check_same_classes, find_split_dir, preflight,
     shard_eval_loader)
@@ -436,6 +437,8 @@ def train(argv: Optional[Sequence[str]] = None) -> dict:
     Interrupted (after writing a recovery checkpoint); `main` turns them into one line.
     """
     args = parse_args(argv)
+    if args.print_config:  # the effective recipe only: no data, no run folder, no process group
+        return effective_config.print_config(args)
     device = _setup_runtime(args)
     primary = args.rank == 0
     resume_path = resolve_resume(args)
@@ -451,22 +454,22 @@ def train(argv: Optional[Sequence[str]] = None) -> dict:
         _logger.info(f'Model {args.model}: {n_params / 1e6:.3f}M params, {args.num_classes} classes, '
                      f'input {tuple(data_config["input_size"])}')
     if args.aug_repeats and not args.distributed and primary:
-        _logger.warning('--aug-repeats only applies to distributed runs; ignored')
+        _logger.warning(f'--aug-repeats {args.aug_repeats}: repeated augmentation (timm RepeatAugSampler) needs '
+                        'more than one process; this one-process run samples each image once per epoch')
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     keep_rate = keep_rate_schedule(model, *args.keep_rate_warmup) if args.keep_rate_warmup else None
     model = apply_sync_bn(model, args, device, primary)
 
-    if args.lr is None:
-        global_batch = args.batch_size * args.world_size * args.grad_accum_steps
-        ratio = global_batch / args.lr_base_size
-        if not args.lr_base_scale:  # timm's rule: sqrt for adaptive optimizers, else linear
-            args.lr_base_scale = 'sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear'
-        args.lr = args.lr_base * (ratio ** 0.5 if args.lr_base_scale == 'sqrt' else ratio)
+    if args.lr is None:  # the rule --print-config shows (vitzoo/cli/effective_config.py)
+        args.lr_base_scale = effective_config.lr_scale_rule(args)
+        args.lr, how = effective_config.scaled_lr(args, effective_config.global_batch(args, args.world_size))
         if primary:
-            _logger.info(f'lr {args.lr:.3g} = lr_base {args.lr_base} x ({global_batch} / '
-                         f'{args.lr_base_size}), {args.lr_base_scale} scaling')
+            _logger.info(f'lr {args.lr:.3g} = {how}')
+    recipe_note = effective_config.recipe_note(args, args.world_size)
+    if recipe_note and primary:
+        _logger.info(recipe_note)
     model_ema = None
     if args.model_ema:
         if args.fsdp:

@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('-c', '--config', default='', metavar='RECIPE',
                    help='YAML recipe: a file, or a name inside the package such as swin_tiny_in1k, '
                         'swin/swin_tiny_patch4_window7_224 or a model name; its keys fill the defaults')
+    p.add_argument('--print-config', action='store_true',
+                   help='print the effective settings (global batch = batch x processes x accumulation, lr after '
+                        'scaling, epochs run incl. cooldown, AMP, ...) and exit 0; reads no data, writes nothing')
 
     g = p.add_argument_group('Dataset')
     g.add_argument('data', nargs='?', default=None, metavar='DIR', help='data root (alternative to --data-dir)')
@@ -117,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar='KEY=VALUE', help='extra optimizer kwargs')
     g.add_argument('--grad-accum-steps', type=int, default=1, metavar='N',
                    help='micro-batches accumulated per optimizer update (lr scales with batch x N)')
+    g.add_argument('--recipe-gpus', type=int, default=None, metavar='N',
+                   help="processes the recipe's global batch is written for (its torchrun command); "
+                        '--print-config assumes N when not launched by torchrun, a run with another count logs it')
 
     g = p.add_argument_group('Learning rate schedule')
     g.add_argument('--sched', default='cosine', metavar='NAME', help='timm scheduler name')
@@ -171,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--bce-target-thresh', type=float, default=None, metavar='T',
                    help='binarise soft BCE targets at T (off by default)')
     g.add_argument('--train-interpolation', default='random', metavar='NAME', help='train resize interpolation')
+    g.add_argument('--token-label', action=argparse.BooleanOptionalAction, default=False,
+                   help='token labelling (LV-ViT dense targets), as in the official SpectFormer-H recipe: not '
+                        'implemented, a run with it on is refused; --no-token-label trains with plain targets')
     g.add_argument('--keep-rate-warmup', type=float, nargs=2, default=None, metavar=('START', 'END'),
                    help="EViT-style models (set_keep_rate): keep all tokens until epoch START, then "
                         "cosine down to the model's keep rate at END (official: 10 110)")
@@ -317,9 +326,11 @@ def _check_ranges(args: argparse.Namespace) -> None:
     for key in positive:
         if getattr(args, key) < 1:
             raise ConfigError(f"argument '{key}' expects an integer >= 1, got {getattr(args, key)}")
-    for key in ('checkpoint_interval', 'skip_nonfinite', 'workers', 'checkpoint_hist'):
+    for key in ('checkpoint_interval', 'skip_nonfinite', 'workers', 'checkpoint_hist', 'aug_repeats'):
         if getattr(args, key) < 0:
             raise ConfigError(f"argument '{key}' expects an integer >= 0, got {getattr(args, key)}")
+    if args.recipe_gpus is not None and args.recipe_gpus < 1:
+        raise ConfigError(f"argument 'recipe_gpus' expects an integer >= 1, got {args.recipe_gpus}")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -333,6 +344,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     check_unsupported(args)
     distill.check_args(args)
     _check_ranges(args)
+    if args.token_label and not args.print_config:
+        from .effective_config import TOKEN_LABEL_REFUSAL
+        raise ConfigError(TOKEN_LABEL_REFUSAL)
     return args
 
 

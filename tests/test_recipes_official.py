@@ -1,0 +1,146 @@
+"""Every recipe equals the authors' settings, field by field, and says where each value comes from.
+
+`vitzoo/results/official_recipes.csv` holds the official values (one row per zoo model, with the
+repository, commit and file/line of each, from the audit in the project's shared notes). A row
+whose `no_official_source` is set gives the rule used instead. The recipes are read through the
+trainer's own parser and rules (vitzoo.cli.effective_config): the global batch, the lr after
+scaling and the epochs actually run are compared, not only the raw keys.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+
+import pytest
+import timm
+
+import vitzoo  # noqa: F401  (registers the zoo)
+from vitzoo.cli.effective_config import effective
+from vitzoo.cli.recipes import all_recipes
+from vitzoo.cli.train_args import parse_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TABLE = os.path.join(ROOT, 'vitzoo', 'results', 'official_recipes.csv')
+INT = {'gpus', 'batch_size', 'grad_accum_steps', 'global_batch', 'epochs', 'cooldown_epochs', 'epochs_run',
+       'warmup_epochs', 'aug_repeats', 'img_size', 'lr_base_size'}
+FLOAT = {'lr', 'lr_base', 'warmup_lr', 'min_lr', 'weight_decay', 'drop_path', 'drop', 'smoothing', 'mixup', 'cutmix',
+         'mixup_prob', 'reprob', 'model_ema_decay', 'clip_grad', 'crop_pct'}
+BOOL = {'sched_on_updates', 'model_ema', 'amp', 'token_label'}
+#: table column -> key of vitzoo.cli.effective_config.effective (the value a run gets)
+EFFECTIVE = {'batch_size': 'batch_per_process', 'grad_accum_steps': 'grad_accum_steps',
+             'global_batch': 'global_batch', 'opt': 'opt', 'lr': 'lr', 'sched': 'sched',
+             'sched_on_updates': 'sched_on_updates', 'epochs': 'epochs', 'cooldown_epochs': 'cooldown_epochs',
+             'epochs_run': 'epochs_run', 'warmup_epochs': 'warmup_epochs', 'warmup_lr': 'warmup_lr',
+             'min_lr': 'min_lr', 'weight_decay': 'weight_decay', 'drop_path': 'drop_path', 'drop': 'drop',
+             'smoothing': 'smoothing', 'mixup': 'mixup', 'cutmix': 'cutmix', 'mixup_prob': 'mixup_prob',
+             'aa': 'aa', 'reprob': 'reprob', 'aug_repeats': 'aug_repeats', 'model_ema': 'model_ema',
+             'model_ema_decay': 'model_ema_decay', 'clip_grad': 'clip_grad', 'clip_mode': 'clip_mode',
+             'img_size': 'img_size', 'crop_pct': 'crop_pct', 'train_interpolation': 'train_interpolation',
+             'amp': 'amp', 'token_label': 'token_label'}
+CITATION = re.compile(r'[\w.-]+/[\w.-]+@[0-9a-f]{7,40}')
+
+
+def _value(col: str, text: str):
+    if text == '':
+        return None
+    if col in INT:
+        return int(text)
+    if col in FLOAT:
+        return float(text)
+    if col in BOOL:
+        assert text in ('true', 'false'), f'{col}: {text!r}'
+        return text == 'true'
+    return text
+
+
+def _rows() -> dict[str, dict]:
+    with open(TABLE, newline='') as f:
+        return {r['recipe']: {k: _value(k, v) for k, v in r.items()} for r in csv.DictReader(f)}
+
+
+ROWS = _rows()
+
+
+def _header(path: str) -> str:
+    lines = []
+    with open(path) as f:
+        for line in f:
+            if not line.startswith('#'):
+                break
+            lines.append(line[1:].strip())
+    return ' '.join(lines)
+
+
+def test_every_zoo_model_has_one_recipe_and_one_row():
+    models = set(timm.list_models('vitzoo_*'))
+    assert len(models) == 84
+    recipes = {n: p for n, p in all_recipes().items() if not n.startswith('demo/')}
+    assert set(recipes) == set(ROWS), set(recipes) ^ set(ROWS)
+    by_model = {r['model']: n for n, r in ROWS.items()}
+    assert len(by_model) == len(ROWS) and set(by_model) == models, set(by_model) ^ models
+
+
+@pytest.mark.parametrize('name', sorted(ROWS))
+def test_recipe_equals_the_official_values(name, monkeypatch):
+    monkeypatch.delenv('WORLD_SIZE', raising=False)
+    row = ROWS[name]
+    args = parse_args(['--config', name, '--print-config'])
+    assert args.model == row['model']
+    assert args.recipe_gpus == row['gpus'], 'the recipe names the process count of its global batch'
+    eff = effective(args, world_size=row['gpus'])
+    wrong = []
+    for col, key in EFFECTIVE.items():
+        want, got = row[col], eff[key]
+        same = got == pytest.approx(want, rel=1e-9) if isinstance(want, float) and got is not None else got == want
+        if not same:
+            wrong.append(f'{col}: recipe {got!r}, official {want!r}')
+    # the lr's scaling rule: the official point (lr_base at lr_base_size) scaled linearly
+    if (args.lr, args.lr_base_scale, args.lr_base, args.lr_base_size) != (None, 'linear', row['lr_base'],
+                                                                         row['lr_base_size']):
+        wrong.append(f'lr rule: recipe lr {args.lr} lr_base {args.lr_base} @ {args.lr_base_size} '
+                     f'{args.lr_base_scale!r}, table {row["lr_base"]} @ {row["lr_base_size"]} linear')
+    assert row['global_batch'] == row['gpus'] * row['batch_size'] * row['grad_accum_steps']
+    assert row['lr'] == pytest.approx(row['lr_base'] * row['global_batch'] / row['lr_base_size'])
+    assert not wrong, f'{name}: ' + '; '.join(wrong)
+
+
+@pytest.mark.parametrize('name', sorted(ROWS))
+def test_recipe_header_cites_its_source(name):
+    row = ROWS[name]
+    text = _header(all_recipes()[name])
+    cited = CITATION.findall(row['source'] or '')
+    assert cited, f'{name}: the table row cites no repo@commit'
+    assert re.search(r'\.(py|yml|yaml|sh|md|txt)\b|issues/\d+', row['source']), f'{name}: no file cited'
+    missing = [c for c in cited if c not in text]
+    assert not missing, f'{name}: header does not cite {missing}'
+    assert 'Source' in text, f'{name}: header has no Source line'
+    if row['no_official_source']:
+        assert row['rule'], f'{name}: no official source but no rule in the table'
+        assert re.search(r'no official source', text, re.I) and 'Rule used' in text, \
+            f'{name}: header must say "no official source" and name the rule used'
+    if row['status'] == 'no official source':
+        assert row['no_official_source'] == 'all'
+        assert 'NO OFFICIAL SOURCE' in text and not re.search(r'\bthe official (fine-tuning |pre-training )?recipe\b',
+                                                               text, re.I), name
+    else:
+        assert 'Official values' in text, name
+
+
+def test_table_statuses_are_explicit():
+    statuses = {}
+    for name, row in ROWS.items():
+        statuses.setdefault(row['status'], []).append(name)
+        if row['status'] == 'official':
+            assert not row['no_official_source'] and not row['rule'], name
+        else:
+            assert row['no_official_source'] and row['rule'], name
+    assert set(statuses) <= {'official', 'official except drop_path', 'no official source'}
+    # the audit: no official source for Swin-L-224 (1k), Swin-T/S-384, DiNAT 22k pre-training (3),
+    # DiNAT-L-384-11x11, CrossViT-408 (2), EViT-T/B; BiFormer-B's drop path
+    assert sorted(statuses['no official source']) == sorted([
+        'swin/swin_large_patch4_window7_224', 'swin/swin_tiny_patch4_window12_384',
+        'swin/swin_small_patch4_window12_384', 'dinat/dinat_large_21k', 'dinat/dinat_large_21k_11x11',
+        'dinat/dinat_s_large_21k', 'dinat/dinat_large_384_11x11', 'crossvit/crossvit_15_dagger_408',
+        'crossvit/crossvit_18_dagger_408', 'evit/evit_deit_tiny_patch16_224', 'evit/evit_deit_base_patch16_224'])
+    assert statuses['official except drop_path'] == ['biformer/biformer_base']
