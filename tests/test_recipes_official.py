@@ -144,3 +144,14 @@ def test_table_statuses_are_explicit():
         'dinat/dinat_s_large_21k', 'dinat/dinat_large_384_11x11', 'crossvit/crossvit_15_dagger_408',
         'crossvit/crossvit_18_dagger_408', 'evit/evit_deit_tiny_patch16_224', 'evit/evit_deit_base_patch16_224'])
     assert statuses['official except drop_path'] == ['biformer/biformer_base']
+
+
+def test_readme_training_names_every_source():
+    """README's Training section lists, per family, the repository and commit its recipes come from."""
+    text = open(os.path.join(ROOT, 'README.md')).read()
+    training = text[text.index('## Training'):]
+    training = training[:training.index('\n## ', 1)] if '\n## ' in training[1:] else training
+    cited = {c for row in ROWS.values() for c in CITATION.findall(row['source'])}
+    missing = sorted(c for c in cited if c not in training)
+    assert not missing, f'README Training section does not cite {missing}'
+    assert 'no official source' in training.lower() and 'token_label' in training

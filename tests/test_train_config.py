@@ -217,6 +217,7 @@ def test_repeated_augmentation_uses_timm_sampler_under_ddp(tmp_path):
     """--aug-repeats in a distributed run: timm's RepeatAugSampler (each image 3 times, spread over ranks)."""
     import torch.distributed as dist
     from timm.data.distributed_sampler import RepeatAugSampler
+    from vitzoo.cli.effective_config import train_sampler
     from vitzoo.cli.train import build_loaders, create_datasets
     data = make_folder(tmp_path / 'd', n_train=4, n_val=1)
     args = parse_args([data, *TINY, *FAST, '--aug-repeats', '3'])
@@ -226,9 +227,7 @@ def test_repeated_augmentation_uses_timm_sampler_under_ddp(tmp_path):
         tr, ev = create_datasets(args)
         cfg = dict(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation='bicubic', crop_pct=1.0)
         loader, *_ = build_loaders(args, cfg, tr, ev, 3, torch.device('cpu'))
-        inner = getattr(loader, 'loader', loader)  # timm's prefetcher wraps the DataLoader
-        sampler = inner.sampler if inner.sampler is not None else inner.batch_sampler.sampler
-        sampler = getattr(sampler, 'inner', None) or sampler  # an epoch-seeding wrapper around it
+        sampler = train_sampler(loader)  # through timm's prefetcher and an epoch-seeding wrapper
         assert isinstance(sampler, RepeatAugSampler) and sampler.num_repeats == 3
         sampler.set_epoch(1)
         idx = list(iter(sampler))
@@ -266,3 +265,25 @@ def test_fp32_recipe_runs_without_autocast_or_scaler():
     assert scaler is None
     with autocast():
         assert not torch.is_autocast_enabled('cpu')
+
+
+@pytest.mark.slow
+def test_repeated_augmentation_in_a_two_process_run(tmp_path):
+    """torchrun, 2 CPU processes (gloo), --aug-repeats 3: the run trains on RepeatAugSampler's share per rank."""
+    import csv
+    import shutil
+    from train_helpers import ROOT
+    data = make_folder(tmp_path / 'd', n_train=4, n_val=1)  # 12 train images
+    torchrun = shutil.which('torchrun', path=os.path.dirname(sys.executable)) or 'torchrun'
+    p = subprocess.run([torchrun, '--standalone', '--nproc_per_node', '2', os.path.join(ROOT, 'train_imagenet.py'),
+                        data, *TINY, *FAST, '-b', '2', '--aug-repeats', '3', '--log-interval', '1',
+                        '--output', str(tmp_path / 'o'), '--experiment', 'ra'],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = open(tmp_path / 'o' / 'ra' / 'train.log').read()
+    assert 'needs more than one process' not in log
+    assert 'repeated augmentation: RepeatAugSampler x3 over 2 processes (6 images per process per epoch)' in log
+    with open(tmp_path / 'o' / 'ra' / 'steps.csv') as f:
+        steps = [r for r in csv.DictReader(f) if int(r['epoch']) == 0]
+    # RepeatAugSampler: 12 images x 3 repeats, each rank takes ceil(12 / 2) = 6 per epoch -> 3 steps of 2
+    assert len(steps) == 3, steps

@@ -196,5 +196,23 @@ def recipe_note(args: argparse.Namespace, world_size: int) -> Optional[str]:
 def print_config(args: argparse.Namespace) -> dict:
     """`--print-config`: print the effective settings to stdout; the dict is what `train` returns."""
     e = effective(args)
-    print(format_effective(e, args.config))
+    if os.environ.get('RANK', '0') == '0':  # under torchrun: one copy, not one per process
+        print(format_effective(e, args.config))
     return dict(output_dir=None, effective=dict(e))
+
+
+def train_sampler(loader):
+    """The sampler that orders a train loader's images (through timm's prefetcher and epoch wrappers)."""
+    inner = getattr(loader, 'loader', loader)
+    sampler = getattr(inner, 'sampler', None)
+    if sampler is None and getattr(inner, 'batch_sampler', None) is not None:
+        sampler = inner.batch_sampler.sampler
+    return getattr(sampler, 'inner', None) or sampler
+
+
+def repeat_aug_line(args: argparse.Namespace, loader) -> str:
+    """The log line of a distributed run with repeated augmentation: which sampler does it, how often."""
+    sampler = train_sampler(loader)
+    repeats = getattr(sampler, 'num_repeats', None)
+    return (f'repeated augmentation: {type(sampler).__name__} x{repeats} over {args.world_size} processes '
+            f'({len(sampler)} images per process per epoch)')

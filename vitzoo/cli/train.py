@@ -491,6 +491,8 @@ def train(argv: Optional[Sequence[str]] = None) -> dict:
 
     loader_train, loader_eval, mixup_fn, train_loss_fn = build_loaders(
         args, data_config, dataset_train, dataset_eval, args.num_classes, device)
+    if args.aug_repeats and args.distributed and primary:
+        _logger.info(effective_config.repeat_aug_line(args, loader_train))
     train_loss_fn = distill.wrap_loss(args, unwrap(model), train_loss_fn, args.num_classes, device)
     if args.distill_teacher and primary:
         note = distill.student_note(unwrap(model))
