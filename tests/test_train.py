@@ -155,11 +155,11 @@ def test_corrupt_image_names_file(data, tmp_path):
 
 
 def test_cli_error_is_one_line(tmp_path):
-    """From the shell a user error is a one-line message and exit status 1, not a traceback."""
+    """From the shell a user error is a one-line message and exit status 2 (bad input), not a traceback."""
     missing = str(tmp_path / 'nowhere')
     p = subprocess.run([sys.executable, os.path.join(ROOT, 'train_imagenet.py'), missing,
                         '--model', 'test_convnext'], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 1
+    assert p.returncode == 2
     assert f'data directory not found: {missing}' in p.stderr
     assert 'Traceback' not in p.stderr
 

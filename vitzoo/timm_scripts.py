@@ -7,9 +7,12 @@ The scripts are not part of timm's wheel. They are looked for in `$VITZOO_TIMM_S
 e.g. a pytorch-image-models checkout at the installed timm's tag), then in the cache
 (`$VITZOO_CACHE`, default ~/.cache/vitzoo, under timm-<version>/), then in timm's source
 distribution (`pip download`), which some timm versions (1.0.31 among them) ship without them.
+A version whose sdist lacks a script is remembered in the cache (`sdist-checked.json`), so the
+sdist is downloaded once per version, not on every call.
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import runpy
@@ -55,6 +58,17 @@ def _from_sdist(version: str, dest: pathlib.Path) -> list[str]:
         return found
 
 
+_MARKER = 'sdist-checked.json'
+
+
+def _sdist_checked(cache: pathlib.Path) -> Optional[list[str]]:
+    """The scripts timm's sdist held when it was last downloaded for this version (None: never)."""
+    try:
+        return list(json.loads((cache / _MARKER).read_text())['found'])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def find_script(name: str, download: bool = True) -> pathlib.Path:
     """The path of timm's `name` (train.py, validate.py, benchmark.py) for the installed timm."""
     import timm
@@ -68,14 +82,19 @@ def find_script(name: str, download: bool = True) -> pathlib.Path:
     for p in places:
         if (p / name).is_file():
             return p / name
-    if download:
-        _from_sdist(version, cache)
+    checked = _sdist_checked(cache)
+    if download and checked is None:
+        checked = _from_sdist(version, cache)
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / _MARKER).write_text(json.dumps(dict(version=version, found=checked)))
         if (cache / name).is_file():
             return cache / name
     looked = ', '.join(str(p) for p in places)
+    if checked is not None:
+        looked += f' and timm {version} sdist (remembered in {cache / _MARKER})'
+    ships = f"timm's wheel and its {version} sdist do" if checked is not None else "timm's wheel does"
     raise ScriptNotFound(
-        f"timm's {name} not found (looked in {looked}{' and timm ' + version + ' sdist' if download else ''}); "
-        f"timm's wheel{' and its ' + version + ' sdist' if download else ''} {'do' if download else 'does'} not ship it: clone "
+        f"timm's {name} not found (looked in {looked}); {ships} not ship it: clone "
         f"https://github.com/huggingface/pytorch-image-models at tag v{version} and set VITZOO_TIMM_SCRIPTS "
         f"to that folder")
 

@@ -1,10 +1,11 @@
 """The train and eval loops, written so that a run stopped anywhere resumes bit-exactly.
 
-Each epoch seeds torch/numpy/python from (seed, epoch, rank) before its loader iterator starts,
-so the sampler order and the loader workers' seeds depend on the epoch alone. A mid-epoch
-resume starts the same iterator, reads (without training) the batches already consumed, which
-also advances every worker's RNG exactly as before, then restores the main process's saved RNG
-state. Only complete optimizer updates are checkpointed.
+The training loader (vitzoo.cli.data.resumable_train_loader) keeps its workers for the whole
+run and makes every random draw of data loading a function of (seed, epoch, sample or batch
+index), so a mid-epoch resume only tells its sampler where to start. Each epoch also seeds the
+main process's torch/numpy/python from (seed, epoch, rank) for the training draws (drop path),
+and a recovery checkpoint saves that state. A loader without indices (an iterable dataset)
+falls back to re-reading the consumed batches. Only complete optimizer updates are checkpointed.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch.nn as nn
 from timm.utils import NativeScaler, accuracy, dispatch_clip_grad
 
 from .checkpoints import rng_state, seed_epoch, set_rng_state
+from .data import begin_epoch
 from .errors import DivergenceError
 
 _logger = logging.getLogger('train')
@@ -134,10 +136,12 @@ class Trainer:
         accum = args.grad_accum_steps
         data_rng = RngStream(args.seed, epoch, args.rank)
         seed_epoch(args.seed, epoch, args.rank)  # the training stream (drop path, mixup_fn, ...)
+        skips = begin_epoch(loader, epoch, progress.step)  # resumable loader: starts at `step`
         with data_rng:
             it = iter(loader)
-            for _ in range(progress.step):  # re-read what was consumed: same worker RNG, same order
-                next(it)
+            if not skips:  # any other loader: re-read what was consumed (same order, same RNG)
+                for _ in range(progress.step):
+                    next(it)
         if progress.step and progress.rng is not None:
             set_rng_state(progress.rng)
         progress.rng = None
@@ -232,7 +236,7 @@ class Trainer:
         left = (n - i - 1) + (self.total_epochs - epoch - 1) * n
         eta = left / max(rate, 1e-9)
         ips = batch * self.args.world_size / max(dt, 1e-9)
-        _logger.info(f'epoch {epoch + 1}/{self.total_epochs} step {i + 1}/{n} '
+        _logger.info(f'epoch {epoch} step {i + 1}/{n} '  # epochs counted from 0 everywhere, as in timm
                      f'loss {progress.loss_sum / max(progress.n_seen, 1):.4f} lr {lr:.3g} '
                      f'{ips:.1f} img/s eta {_fmt_time(eta)}')
 

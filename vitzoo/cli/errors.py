@@ -1,9 +1,11 @@
 """The errors the command-line programs turn into one line and an exit code.
 
-Exit codes (documented in the README):
+Exit codes, the same in vitzoo-train, vitzoo-validate and vitzoo-profile (documented in the README):
   0   finished
-  1   a run-time problem the user can fix (data, checkpoint, model, divergence)
-  2   a bad argument or config value (the key and the expected type are named)
+  1   a problem found in what the inputs hold (corrupt data, class folders that disagree, a
+      checkpoint that does not fit, divergence), or a model that failed mid-run in the profiler
+  2   bad input on the command line, like argparse: a bad argument or config value, an unknown
+      model, a size the model cannot take, a path that does not exist, an unwritable output
   130 / 143 stopped by SIGINT / SIGTERM after writing a recovery checkpoint
 """
 from __future__ import annotations
@@ -45,3 +47,8 @@ def one_line(err: BaseException) -> str:
     last = lines[-1]
     head, sep, rest = last.partition(': ')  # 'vitzoo.cli.data.CorruptImageError: ...' from a worker
     return rest if sep and head.replace('.', '').replace('_', '').isalnum() and head.endswith(('Error', 'Exception')) else last
+
+
+def exit_code(err: BaseException) -> int:
+    """EXIT_USAGE for bad command-line input (ConfigError, a missing path), else EXIT_ERROR."""
+    return EXIT_USAGE if isinstance(err, (ConfigError, FileNotFoundError)) else EXIT_ERROR

@@ -21,7 +21,7 @@ class Scalars:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            _logger.info('tensorboard is not installed: no TensorBoard event files (pip install tensorboard)')
+            _logger.info("tensorboard is not installed: no TensorBoard event files (pip install 'vitzoo[tensorboard]')")
             return
         self.writer = SummaryWriter(log_dir=os.path.join(run_dir, 'tb'))
 
@@ -32,6 +32,46 @@ class Scalars:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class EarlyLog(logging.Handler):
+    """Holds the 'train' logger's lines from before the run folder exists (model, lr, recipe) so
+    that train.log starts with them; detaches itself once flushed (or after `capacity` lines)."""
+
+    def __init__(self, capacity: int = 500):
+        super().__init__()
+        self.capacity, self.records = capacity, []
+        log = logging.getLogger('train')
+        for h in [h for h in log.handlers if isinstance(h, EarlyLog)]:  # a failed earlier run's
+            log.removeHandler(h)
+        log.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if len(self.records) >= self.capacity:
+            self.detach()
+
+    def detach(self) -> None:
+        logging.getLogger('train').removeHandler(self)
+
+    def flush_to(self, handler: logging.Handler) -> None:
+        self.detach()
+        for r in self.records:
+            handler.handle(r)
+        self.records = []
+
+
+def write_bad_list(path: str, extra: list[str]) -> list[str]:
+    """bad_images.txt rewritten as one line per unreadable file (sorted, each once), `extra` added;
+    returns the list. Loader workers only append, so the same file may have been met twice."""
+    bad = set(p for p in extra if p)
+    if os.path.exists(path):
+        with open(path) as f:
+            bad.update(ln.strip() for ln in f if ln.strip())
+    out = sorted(bad)
+    from .checkpoints import atomic_write_bytes
+    atomic_write_bytes(''.join(p + '\n' for p in out).encode(), path)
+    return out
 
 
 def add_log_file(run_dir: str) -> logging.Handler:
@@ -57,11 +97,11 @@ def plot_curves(summary_rows: list[dict], path: str) -> Optional[str]:
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError:
-        _logger.info('matplotlib is not installed: no curves.png')
+        _logger.info("matplotlib is not installed: no curves.png (pip install 'vitzoo[plot]')")
         return None
     if not summary_rows:
         return None
-    epochs = [int(r['epoch']) + 1 for r in summary_rows]
+    epochs = [int(r['epoch']) for r in summary_rows]  # counted from 0, as in summary.csv and the log
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for key in ('train_loss', 'eval_loss', 'eval_ema_loss'):
         if key in summary_rows[0] and summary_rows[0][key] not in ('', None):

@@ -37,9 +37,9 @@ import torch.nn as nn
 import timm
 
 import vitzoo  # noqa: F401  (registers the zoo in timm)
+from vitzoo.cli.img_size import fmt_size, parse_img_size, size_arg
 from vitzoo.cli.profile_flops import (FLOP_TOLERANCE, compare_flops, count_flops, count_flops_torch,
                                       flop_breakdowns)
-from vitzoo.cli.profile_plot import plot_tradeoff
 from vitzoo.cli.profile_timing import (interleaved, make_runner, make_train_step, memory_kind,
                                        peak_memory_mb, summarize, time_runner)
 
@@ -101,12 +101,23 @@ def timm_twin(name: str) -> Optional[str]:
     return twin if timm.is_model(twin) else None
 
 
-def build_model(name: str, img_size: Optional[int] = None, device: str | torch.device = "cpu",
+ImgSize = Optional[int | tuple[int, int]]
+
+
+def _hw(img_size: ImgSize) -> Optional[tuple[int, int]]:
+    """(H, W) for an int (square), an (H, W) pair, or None."""
+    if img_size is None:
+        return None
+    return (int(img_size), int(img_size)) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+
+
+def build_model(name: str, img_size: ImgSize = None, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32, **kwargs: Any) -> nn.Module:
-    """An eval-mode model on `device`/`dtype`; `img_size` is passed when the model takes it."""
+    """An eval-mode model on `device`/`dtype`; `img_size` (N or (H, W)) is passed when the model
+    takes it (`features_only=True` in kwargs gives the backbone without its head)."""
     if img_size is not None:
         try:
-            model = timm.create_model(name, img_size=img_size, **kwargs)
+            model = timm.create_model(name, img_size=size_arg(_hw(img_size)), **kwargs)
         except TypeError:  # a model without an img_size argument (most convnets)
             model = timm.create_model(name, **kwargs)
     else:
@@ -114,24 +125,24 @@ def build_model(name: str, img_size: Optional[int] = None, device: str | torch.d
     return model.eval().to(device=device, dtype=dtype)
 
 
-def input_size_of(model: nn.Module, img_size: Optional[int] = None) -> tuple[int, int, int]:
-    """(C, H, W) for `model`: its pretrained_cfg input size, or `img_size` squared."""
+def input_size_of(model: nn.Module, img_size: ImgSize = None) -> tuple[int, int, int]:
+    """(C, H, W) for `model`: its pretrained_cfg input size, or `img_size` (N or (H, W))."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     c, h, w = cfg.get("input_size", (3, 224, 224))
     if img_size is not None:
-        h = w = img_size
+        h, w = _hw(img_size)
     return c, h, w
 
 
-def check_img_size(name: str, img_size: int) -> None:
+def check_img_size(name: str, img_size: ImgSize, **kwargs: Any) -> None:
     """ProfileError unless `name` builds and runs one forward at `img_size` (CPU, batch 1)."""
     try:
-        model = build_model(name, img_size)
+        model = build_model(name, img_size, **kwargs)
         with torch.no_grad():
             model(torch.zeros(1, *input_size_of(model, img_size)))
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ProfileError(f"{name} cannot take --img-size {img_size}: {reason}") from None
+        raise ProfileError(f"{name} cannot take --img-size {fmt_size(_hw(img_size))}: {reason}") from None
 
 
 def count_params(model: nn.Module) -> int:
@@ -218,7 +229,7 @@ def profile_model(
         dtype: str = "fp32",
         amp: bool = False,
         batch_size: int = 8,
-        img_size: Optional[int] = None,
+        img_size: ImgSize = None,
         warmup: int = 3,
         repeats: int = 10,
         compile_model: Optional[str | bool] = None,
@@ -230,14 +241,20 @@ def profile_model(
         versus: Optional[str] = None,
         official: bool = False,
         warn=None,
+        features_only: bool = False,
         **model_kwargs: Any,
 ) -> dict:
     """Profile one model; times in ms (median, with _min/_max/_iqr), throughput in images/s.
 
     `versus`: time the eval forwards interleaved with that model (columns ``versus_*`` and
     ``ratio_b*`` = ours / theirs). `train_batch_size`: also time training steps (None: skip).
-    `warn`: called with a line for each FLOP-check mismatch.
+    `warn`: called with a line for each FLOP-check mismatch. `features_only`: the backbone as a
+    detector uses it (timm's features_only model: feature maps, no head); GMACs, latency and
+    memory are then the backbone's, and the training step's loss is the mean of every map.
     """
+    if features_only:
+        model_kwargs["features_only"] = True
+        official = False  # the official tables count the classifier at its own size
     dev = torch.device(device)
     param_dtype = torch.float32 if amp else DTYPES[dtype]  # --amp: fp32 weights + autocast
     amp_dtype = DTYPES[dtype] if amp and dtype != "fp32" else None
@@ -251,6 +268,9 @@ def profile_model(
         row["versus"] = versus
     row.update(device=dev.type, dtype=dtype + ("-amp" if amp_dtype else ""), input=f"{c}x{h}x{w}",
                params_m=count_params(model) / 1e6)
+    if features_only:
+        info = model.feature_info
+        row["features"] = " ".join(f"{ch}/{r}" for ch, r in zip(info.channels(), info.reduction()))
     if fuse:
         row["fused"] = fused
     if compile_model:
@@ -276,7 +296,7 @@ def profile_model(
     fwd = _prepare(model, compile_model)
     other = None
     if versus:
-        other = build_model(versus, img_size, dev, param_dtype)
+        other = build_model(versus, img_size, dev, param_dtype, **({"features_only": True} if features_only else {}))
         if fuse:
             row["versus_fused"] = _fuse(other)
         if channels_last:
@@ -386,6 +406,8 @@ def summary_rows(rows: Sequence[dict]) -> tuple[list[dict], list[str]]:
             out.append(s)
             continue
         s["params (M)"] = r.get("params_m")
+        if "features" in r:
+            s["input"], s["features (ch/stride)"] = r.get("input"), r["features"]
         if "official_params_m" in r:
             s["official params (M)"] = r.get("official_params_m")
         s["GMACs"] = r.get("gmacs")
@@ -480,7 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-batch-size", type=_positive, default=None,
                    help="training-step batch size (default: --batch-size)")
     p.add_argument("--no-train", action="store_true", help="skip the training-step timing")
-    p.add_argument("--img-size", type=_positive, default=None, help="default: the model's own")
+    p.add_argument("--img-size", type=parse_img_size, default=None, metavar="N|HxW",
+                   help="input size, N or HxW such as 800x1333; the model is built at it where its "
+                        "constructor takes img_size (default: the model's own)")
+    p.add_argument("--features-only", action="store_true",
+                   help="profile the backbone as a detector uses it: timm's features_only model "
+                        "(feature maps, no head); with --img-size, GMACs/latency/memory at that size")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    help="torch.compile the models (optional mode, e.g. max-autotune)")
@@ -510,18 +537,56 @@ def _validate(args: argparse.Namespace) -> list[str]:
     names = resolve_names(args.models)
     if args.versus:
         resolve_names([args.versus])
-    if args.img_size is not None:
+    kwargs = {"features_only": True} if args.features_only else {}
+    if args.img_size is not None or args.features_only:
         for name in names + ([args.versus] if args.versus else []):
-            check_img_size(name, args.img_size)
+            check_img_size(name, args.img_size, **kwargs) if args.img_size is not None else \
+                check_features(name)
     return names
 
 
+def check_features(name: str) -> None:
+    """ProfileError unless timm can build `name` with features_only=True."""
+    try:
+        build_model(name, features_only=True)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ProfileError(f"{name} cannot be built with --features-only: {reason}") from None
+
+
+def plot_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
 def _outputs(args: argparse.Namespace) -> dict:
+    """The output files, checked before any work: each one's folder exists and is writable
+    (ProfileError otherwise); without matplotlib the PNG is dropped with one line naming the extra."""
     out = dict(csv=args.csv, json=args.json, plot=args.plot)
     if args.out_dir:
-        os.makedirs(args.out_dir, exist_ok=True)
+        try:
+            os.makedirs(args.out_dir, exist_ok=True)
+        except OSError as e:
+            raise ProfileError(f"--out-dir {args.out_dir}: cannot create it ({e.strerror})") from None
         for key, ext in (("csv", "csv"), ("json", "json"), ("plot", "png")):
             out[key] = out[key] or os.path.join(args.out_dir, f"profile.{ext}")
+    for key, path in out.items():
+        if not path:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        flag = f"--{key}" if getattr(args, key) else "--out-dir"
+        if os.path.isdir(path):
+            raise ProfileError(f"{flag} {path}: is a folder, expected a file name")
+        if not os.path.isdir(folder):
+            raise ProfileError(f"{flag} {path}: folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise ProfileError(f"{flag} {path}: folder {folder} is not writable")
+    if out["plot"] and not plot_available():
+        print("note: matplotlib is not installed: no plot (pip install 'vitzoo[plot]')", file=sys.stderr)
+        out["plot"] = ""
     return out
 
 
@@ -532,6 +597,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         names = _validate(args)
+        out = _outputs(args)
     except ProfileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -551,7 +617,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 args.img_size, args.warmup, args.repeats, args.compile, not args.no_flops,
                 train_batch_size=None if args.no_train else (args.train_batch_size or args.batch_size),
                 channels_last=args.channels_last, fuse=args.fuse, versus=versus,
-                official=args.official, warn=lambda s: tqdm.write(s, file=sys.stderr)))
+                official=args.official, warn=lambda s: tqdm.write(s, file=sys.stderr),
+                features_only=args.features_only))
         except Exception as e:  # a model that fails mid-run is reported in its row
             failed += 1
             reason = (str(e).strip().splitlines() or [""])[0]
@@ -561,13 +628,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table, cols = summary_rows(rows)
     print(markdown_table(table, cols))
     print("\n" + ", ".join(f"{k} {v}" for k, v in env.items() if k != "command"))
-    out = _outputs(args)
     if out["json"]:
         with open(out["json"], "w") as f:
             json.dump(dict(env=env, command=command, rows=rows), f, indent=2)
     if out["csv"]:
         write_csv(rows, out["csv"])
     if out["plot"]:
+        from vitzoo.cli.profile_plot import plot_tradeoff
         where = env.get("gpu", "") if args.device.startswith("cuda") else env["cpu"]
         plot_tradeoff(rows, out["plot"],
                       title=f"{args.device} ({where}), eval batch {args.batch_size}, {args.dtype}")

@@ -56,7 +56,8 @@ def make_runner(model: nn.Module, x: torch.Tensor,
 
 def make_train_step(model: nn.Module, x: torch.Tensor, num_classes: int,
                     amp_dtype: Optional[torch.dtype] = None) -> Callable[[], float]:
-    """A function that runs one training step (forward, cross-entropy, backward, AdamW step).
+    """A function that runs one training step (forward, cross-entropy, backward, AdamW step;
+    a features_only model's list of maps: the sum of their means as the loss).
 
     The model is put in train mode; under fp16 autocast the loss is scaled (``GradScaler``).
     """
@@ -72,8 +73,11 @@ def make_train_step(model: nn.Module, x: torch.Tensor, num_classes: int,
         t0 = time.perf_counter()
         with ctx():
             out = model(x)
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            loss = F.cross_entropy(out.float(), target) if out.dim() == 2 else out.float().mean()
+            if isinstance(out, list):  # a features_only backbone: every map gets a gradient
+                loss = sum(o.float().mean() for o in out)
+            else:
+                out = out[0] if isinstance(out, tuple) else out  # a distilled head's (cls, dist) pair
+                loss = F.cross_entropy(out.float(), target) if out.dim() == 2 else out.float().mean()
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)

@@ -1,12 +1,16 @@
-"""Finding a training recipe by file path or by name, in the source tree or the installed package.
+"""Finding a training recipe by file path or by name in the package data `vitzoo.configs`.
 
-`configs/<family>/<variant>.yaml` ships as the package data `vitzoo.configs`; a name such as
-`swin/swin_tiny_patch4_window7_224`, `swin_tiny_patch4_window7_224`, the model name
-`vitzoo_swin_tiny_patch4_window7_224` or an older recipe name (`swin_tiny_in1k`) finds it.
+`configs/<family>/<variant>.yaml` ships as the package `vitzoo.configs` (in a source checkout
+the editable install maps it to configs/); a name such as `swin/swin_tiny_patch4_window7_224`,
+`swin_tiny_patch4_window7_224`, the model name `vitzoo_swin_tiny_patch4_window7_224` or an
+older recipe name (`swin_tiny_in1k`) finds it. Names resolve only there, through
+importlib.resources: no folder beside the installed package (say a `configs/` another
+distribution put into site-packages) is ever searched.
 """
 from __future__ import annotations
 
 import glob
+import importlib.resources
 import os
 
 from .errors import ConfigError
@@ -26,11 +30,13 @@ ALIASES = {
 
 
 def recipe_roots() -> list[str]:
-    """Folders that hold recipes: the source checkout's configs/, then the installed package data."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    roots = [os.path.join(os.path.dirname(os.path.dirname(here)), 'configs'),
-             os.path.join(os.path.dirname(here), 'configs')]
-    return [r for r in dict.fromkeys(roots) if os.path.isdir(r)]
+    """The folder of the package `vitzoo.configs` (the only place names are looked up), or none."""
+    try:
+        root = importlib.resources.files('vitzoo.configs')
+    except ModuleNotFoundError:  # a broken install: only explicit paths work
+        return []
+    path = os.fspath(root) if isinstance(root, os.PathLike) else str(root)
+    return [path] if os.path.isdir(path) else []
 
 
 def all_recipes() -> dict[str, str]:

@@ -36,13 +36,14 @@ from . import checkpoints as ckpts
 from . import distill
 from . import effective_config
 from .data import (
-    CorruptImageError, SkippingImageDataset, check_same_classes, find_split_dir, preflight,
-    shard_eval_loader)
+    BackgroundCheck, CorruptImageError, SkippingImageDataset, check_same_classes, find_split_dir, preflight,
+    resumable_train_loader, shard_eval_loader)
 from .engine import Progress, Trainer, evaluate, make_amp, unwrap
 from .errors import (
-    EXIT_ERROR, EXIT_OK, EXIT_USAGE, CheckpointError, ConfigError, DataError, DivergenceError,
-    Interrupted, one_line)
-from .outputs import Scalars, add_log_file, export_safetensors, plot_curves, remove_log_file
+    EXIT_OK, CheckpointError, ConfigError, DataError, DivergenceError, Interrupted, exit_code, one_line)
+from .img_size import check_runs_at, create_at_size, size_from_args
+from .outputs import (EarlyLog, Scalars, add_log_file, export_safetensors, plot_curves, remove_log_file,
+                      write_bad_list)
 from .run_dir import CsvLog, RunLock, new_run_name, prepare_run_dir
 from .train_args import args_to_dict, build_parser, config_dests, load_config, parse_args  # noqa: F401
 
@@ -108,12 +109,15 @@ def create_model_from_args(args: argparse.Namespace, num_classes: Optional[int])
             kwargs[key] = getattr(args, flag)
     if args.pretrained_path:
         kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path)
+    size = size_from_args(args.img_size, args.input_size)  # built at that size where it can be
     try:
-        model = timm.create_model(
-            args.model, pretrained=args.pretrained, num_classes=num_classes, in_chans=args.in_chans,
+        model = create_at_size(
+            args.model, size, pretrained=args.pretrained, num_classes=num_classes, in_chans=args.in_chans,
             global_pool=args.gp, drop_rate=args.drop, drop_path_rate=args.drop_path, **kwargs)
     except TypeError as e:
         raise ConfigError(f"model '{args.model}' rejects model_kwargs {kwargs}: {one_line(e)}") from None
+    check_runs_at(model, args.model, size, args.input_size[0] if args.input_size else (args.in_chans or 3),
+                  '--input-size' if args.input_size else '--img-size')
     if args.initial_checkpoint:
         path = args.initial_checkpoint
         ckpts.load_weights(model, ckpts.model_state(ckpts.load_file(path)), path)
@@ -149,6 +153,12 @@ def apply_sync_bn(model: nn.Module, args: argparse.Namespace, device: torch.devi
     if primary:
         _logger.info('converted BatchNorm layers to SyncBatchNorm')
     return model
+
+
+def warmup_end_lr(args: argparse.Namespace, num_epochs: int) -> float:
+    """The lr at the last epoch of a warm-up that outlasts the run (timm's linear warm-up)."""
+    frac = max(num_epochs - 1, 0) / max(args.warmup_epochs, 1)
+    return args.warmup_lr + (args.lr - args.warmup_lr) * frac
 
 
 def keep_rate_schedule(model: nn.Module, start: float, end: float) -> Callable[[Optional[float]], None]:
@@ -199,18 +209,23 @@ def build_loaders(args: argparse.Namespace, data_config: dict, dataset_train, da
         else:
             mixup_fn = Mixup(**mixup_args)
     common = dict(mean=data_config['mean'], std=data_config['std'], num_workers=args.workers,
-                  pin_memory=args.pin_mem, device=device, use_prefetcher=args.prefetcher,
-                  persistent_workers=False)  # fresh workers each epoch: seeded from the epoch
+                  pin_memory=args.pin_mem, device=device, use_prefetcher=args.prefetcher)
+    # workers live for the whole run (train and eval); an iterable dataset's are restarted per
+    # epoch instead (its resume re-reads the consumed batches from a fresh, epoch-seeded start)
+    iterable = isinstance(dataset_train, torch.utils.data.IterableDataset)
     loader_train = create_loader(
         dataset_train, input_size=data_config['input_size'], batch_size=args.batch_size,
         is_training=True, no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode,
         re_count=args.recount, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
         vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
         num_aug_repeats=args.aug_repeats if args.distributed else 0, collate_fn=collate_fn,
-        interpolation=args.train_interpolation, distributed=args.distributed, **common)
+        interpolation=args.train_interpolation, distributed=args.distributed,
+        persistent_workers=not iterable, **common)
     if len(loader_train) == 0:
         raise DataError(f'train split has {len(dataset_train)} images, fewer than one batch '
                         f'of {args.batch_size} per process: lower --batch-size')
+    # every random draw seeded by (seed, epoch, index): exact mid-epoch resume with live workers
+    loader_train = resumable_train_loader(loader_train, args.seed, args.rank, args.mixup_off_epoch)
     _quiet_workers(loader_train)
     loader_eval = None
     if dataset_eval is not None:
@@ -218,7 +233,7 @@ def build_loaders(args: argparse.Namespace, data_config: dict, dataset_train, da
             dataset_eval, input_size=data_config['input_size'],
             batch_size=args.validation_batch_size or args.batch_size, is_training=False,
             interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'],
-            distributed=False, **common)
+            distributed=False, persistent_workers=True, **common)
         if args.distributed:
             loader_eval = shard_eval_loader(loader_eval, args.rank, args.world_size)
         _quiet_workers(loader_eval)
@@ -440,6 +455,7 @@ def train(argv: Optional[Sequence[str]] = None) -> dict:
     if args.print_config:  # the effective recipe only: no data, no run folder, no process group
         return effective_config.print_config(args)
     device = _setup_runtime(args)
+    early_log = EarlyLog() if args.rank == 0 else None  # the lines before the run folder exists
     primary = args.rank == 0
     resume_path = resolve_resume(args)
     resume_ckpt = ckpts.load_file(resume_path) if resume_path else None
@@ -502,6 +518,10 @@ def train(argv: Optional[Sequence[str]] = None) -> dict:
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, **scheduler_kwargs(args, decreasing_metric=args.eval_metric == 'loss'),
         updates_per_epoch=updates_per_epoch)
+    if primary and args.warmup_epochs and args.warmup_epochs >= num_epochs:
+        _logger.warning(f'--warmup-epochs {args.warmup_epochs} >= {num_epochs} epochs: the lr never reaches '
+                        f'{args.lr:.3g} (it ends its warm-up at about {warmup_end_lr(args, num_epochs):.3g}); '
+                        f'lower --warmup-epochs or raise --epochs')
     metric_key = None
     if loader_eval is not None:
         metric_key = f'ema_{args.eval_metric}' if model_ema is not None else args.eval_metric
@@ -531,6 +551,7 @@ def train(argv: Optional[Sequence[str]] = None) -> dict:
         lock = RunLock(run_dir)
         lock.acquire()
         log_handler = add_log_file(run_dir)
+        early_log.flush_to(log_handler)
         with open(os.path.join(run_dir, 'args.yaml'), 'w') as f:
             yaml.safe_dump(args_to_dict(args), f, sort_keys=False)
         summary = CsvLog(os.path.join(run_dir, 'summary.csv'))
@@ -542,6 +563,7 @@ def train(argv: Optional[Sequence[str]] = None) -> dict:
         if os.path.exists(fin):
             os.remove(fin)
         bad_log = os.path.join(run_dir, 'bad_images.txt')
+        open(bad_log, 'a').close()  # always written (empty when every image reads)
         for ds in (dataset_train, dataset_eval):
             if isinstance(ds, SkippingImageDataset):
                 ds.bad_log = bad_log
@@ -556,6 +578,9 @@ def train(argv: Optional[Sequence[str]] = None) -> dict:
             with open(bad_log, 'a') as f:
                 f.writelines(p + '\n' for p in bad)
 
+    train_check = None  # every train image's header, checked beside training (nothing it draws is random)
+    if primary and isinstance(dataset_train, SkippingImageDataset) and progress.epoch < num_epochs:
+        train_check = BackgroundCheck(dataset_train)
     scalars = Scalars(run_dir if primary else None)
     stop = StopFlag()
 
@@ -605,7 +630,7 @@ def train(argv: Optional[Sequence[str]] = None) -> dict:
             progress.epoch, progress.step, progress.loss_sum, progress.n_seen = epoch + 1, 0, 0.0, 0
             if primary:
                 text = ' '.join(f'eval_{k} {v:.4g}' for k, v in eval_metrics.items())
-                _logger.info(f'epoch {epoch + 1}/{num_epochs} train_loss {train_metrics["loss"]:.4f} {text} '
+                _logger.info(f'epoch {epoch} train_loss {train_metrics["loss"]:.4f} {text} '
                              f'lr {lrs[0]:.3g} ({n_imgs / max(t_train, 1e-9):.1f} img/s, '
                              f'{time.perf_counter() - t0:.1f}s)')
                 row = OrderedDict(epoch=epoch)
@@ -635,9 +660,8 @@ def train(argv: Optional[Sequence[str]] = None) -> dict:
             if os.path.exists(os.path.join(run_dir, 'last.pth.tar')) else None
         plot_curves(summary.rows(), os.path.join(run_dir, 'curves.png'))
         bad_log = os.path.join(run_dir, 'bad_images.txt')
-        if os.path.exists(bad_log):
-            with open(bad_log) as f:
-                bad_images = sorted(set(ln.strip() for ln in f if ln.strip()))
+        bad_images = write_bad_list(bad_log, train_check.result() if train_check is not None else [])
+        if bad_images:
             _logger.warning(f'{len(bad_images)} unreadable image(s) skipped (list in {bad_log}): '
                             + ', '.join(bad_images[:10]) + (' ...' if len(bad_images) > 10 else ''))
         if saver.best_metric is not None:
@@ -659,12 +683,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'stopped by {signal.Signals(e.signum).name}: recovery checkpoint {e.path}; '
               f'continue with --resume auto (or --resume {e.path})', file=sys.stderr)
         return 128 + e.signum
-    except ConfigError as e:
+    except (ConfigError, DataError, CheckpointError, DivergenceError, FileNotFoundError, ValueError) as e:
         print(f'error: {one_line(e)}', file=sys.stderr)
-        return EXIT_USAGE
-    except (DataError, CheckpointError, DivergenceError, FileNotFoundError, ValueError) as e:
-        print(f'error: {one_line(e)}', file=sys.stderr)
-        return EXIT_ERROR
+        return exit_code(e)
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ from timm.utils import ParseKwargs
 
 from . import distill
 from .errors import ConfigError
+from .help_format import DefaultsOnceFormatter
 from .recipes import resolve_recipe
 from .timm_dialect import add_unsupported, at_timm_default, check_unsupported, rename_keys
 
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog='vitzoo-train',
         description='Train a timm / vitzoo model on an ImageFolder dataset',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsOnceFormatter)
     p.add_argument('-c', '--config', default='', metavar='RECIPE',
                    help='YAML recipe: a file, or a name inside the package such as swin_tiny_in1k, '
                         'swin/swin_tiny_patch4_window7_224 or a model name; its keys fill the defaults')

@@ -12,7 +12,9 @@ weights that ranked it (the EMA ones when model_best was chosen by EMA accuracy)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from contextlib import suppress
 from functools import partial
@@ -25,16 +27,18 @@ from timm.data import create_loader, resolve_data_config
 from timm.utils import ParseKwargs
 
 from . import checkpoints as ckpts
-from .data import SkippingImageDataset, check_same_classes, find_split_dir
+from .data import SkippingImageDataset, check_same_classes, find_split_dir, preflight
 from .engine import evaluate
-from .errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CheckpointError, ConfigError, DataError, one_line
+from .errors import CheckpointError, ConfigError, DataError, exit_code, one_line
+from .help_format import DefaultsOnceFormatter
+from .img_size import check_runs_at, create_at_size, size_from_args
 from .train import check_model_name, count_classes
 from .train_args import OneLineParser
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog='vitzoo-validate', description=__doc__.split('\n')[0],
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                      formatter_class=DefaultsOnceFormatter)
     p.add_argument('data', nargs='?', default=None, metavar='DIR', help='data root (or --data-dir)')
     p.add_argument('--data-dir', default=None, metavar='DIR', help='data root holding the split folder')
     p.add_argument('--split', default='validation', help="split folder ('validation' finds 'val')")
@@ -47,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--num-classes', type=int, default=None, help='classes (default: checkpoint or split)')
     p.add_argument('--model-kwargs', nargs='*', default=None, action=ParseKwargs, metavar='KEY=VALUE',
                    help='extra create_model kwargs (default: the checkpoint\'s)')
-    p.add_argument('--img-size', type=int, default=None, help='image size (default: checkpoint or model)')
+    p.add_argument('--img-size', type=int, default=None, metavar='N',
+                   help="image size; the model is built at it where it can be (default: checkpoint's or model's)")
     p.add_argument('--input-size', type=int, nargs=3, default=None, metavar='N', help='C H W, overrides --img-size')
     p.add_argument('--crop-pct', type=float, default=None, help='center-crop fraction (default: checkpoint or model)')
     p.add_argument('--interpolation', default='', help='resize interpolation (default: checkpoint or model)')
@@ -64,8 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def validate(argv: Optional[Sequence[str]] = None) -> dict:
-    """Run the evaluation; returns {'model', 'weights', 'top1', 'top5', 'loss', 'images', 'seconds'}."""
+    """Run the evaluation; returns {'model', 'weights', 'top1', 'top5', 'loss', 'images', 'seconds',
+    'bad_images'}: `images` counts the scored images, `bad_images` the unreadable ones (skipped,
+    found the way the trainer finds them: a header check of every file, then any decode failure)."""
     args = build_parser().parse_args(argv)
+    if not args.model and not args.checkpoint:
+        raise ConfigError('say what to evaluate: --model NAME (with --pretrained for its weights) '
+                          'or --checkpoint PATH')
     ckpt, saved = None, {}
     if args.checkpoint:  # the refusal of an unsafe file comes first
         ckpt = ckpts.load_file(args.checkpoint)
@@ -86,7 +96,10 @@ def validate(argv: Optional[Sequence[str]] = None) -> dict:
     num_classes = args.num_classes or saved.get('num_classes') or \
         (None if args.pretrained else count_classes(dataset))
 
-    model = timm.create_model(name, pretrained=args.pretrained, num_classes=num_classes, **model_kwargs)
+    size = size_from_args(args.img_size, args.input_size)  # built at that size where it can be
+    model = create_at_size(name, size, pretrained=args.pretrained, num_classes=num_classes, **model_kwargs)
+    check_runs_at(model, name, size, args.input_size[0] if args.input_size else 3,
+                  '--input-size' if args.input_size else '--img-size')
     weights = 'pretrained' if args.pretrained else 'initial'
     if ckpt is not None:
         choice = 'ema' if args.use_ema else args.weights
@@ -111,23 +124,33 @@ def validate(argv: Optional[Sequence[str]] = None) -> dict:
         amp = partial(torch.autocast, device_type=device.type, dtype=dtype)
     eval_args = argparse.Namespace(prefetcher=False, channels_last=args.channels_last,
                                    progress=not args.no_progress, rank=0, distributed=False)
+    bad = set(preflight(dataset, strict=False))
     t0 = time.perf_counter()
-    metrics = evaluate(model, loader, eval_args, device, amp, desc=f'validate {name}')
-    return dict(model=name, weights=weights, **metrics, images=len(dataset), seconds=time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as tmp:  # workers append what fails to decode here
+        dataset.bad_log = os.path.join(tmp, 'bad_images.txt')
+        metrics = evaluate(model, loader, eval_args, device, amp, desc=f'validate {name}')
+        if os.path.exists(dataset.bad_log):
+            with open(dataset.bad_log) as f:
+                bad.update(ln.strip() for ln in f if ln.strip())
+    return dict(model=name, weights=weights, **metrics, images=len(dataset) - len(bad),
+                bad_images=sorted(bad), seconds=time.perf_counter() - t0)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The console entry point: one line per error, exit codes as in vitzoo.cli.errors."""
     try:
         r = validate(argv)
-    except ConfigError as e:
+    except (ConfigError, CheckpointError, DataError, FileNotFoundError, ValueError) as e:
         print(f'error: {one_line(e)}', file=sys.stderr)
-        return EXIT_USAGE
-    except (CheckpointError, DataError, FileNotFoundError, ValueError) as e:
-        print(f'error: {one_line(e)}', file=sys.stderr)
-        return EXIT_ERROR
+        return exit_code(e)
+    bad = r['bad_images']
+    if bad:
+        print(f"warning: {len(bad)} unreadable image(s) skipped: " + ', '.join(bad[:10])
+              + (' ...' if len(bad) > 10 else ''), file=sys.stderr)
+    skipped = f", {len(bad)} unreadable skipped" if bad else ''
     print(f"{r['model']} ({r['weights']} weights): top1 {r['top1']:.3f}  top5 {r['top5']:.3f}  "
-          f"loss {r['loss']:.4f}  ({r['images']} images, {r['seconds']:.1f}s)")
-    return EXIT_OK
+          f"loss {r['loss']:.4f}  ({r['images']} images scored{skipped}, {r['seconds']:.1f}s)")
+    return 0
 
 
 if __name__ == '__main__':
