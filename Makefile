@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: demo test test-newest bench gpu-check clean
+.PHONY: demo test test-newest bench gpu-check compile-matrix clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ bench: $(STAMP)
 # pip. It skips with one line (exit 0) where there is no CUDA device.
 gpu-check:
 	PYTHONPATH=. python3 tools/gpu_check.py
+
+# Every registered model's Triton launches compiled for sm_80/86/89/90 (+ sm_100/sm_120 where
+# Triton's ptxas takes them) in bf16, fp16, fp32 "highest" and "high"; no GPU needed. Writes
+# benchmarks/results/compile_matrix.md/.json; compiles are cached (VITZOO_COMPILE_CACHE).
+compile-matrix: $(STAMP)
+	$(PY) tools/compile_matrix.py
 
 clean:
 	rm -rf $(VENV) .venv-newest .pytest_cache build *.egg-info

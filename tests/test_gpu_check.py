@@ -83,32 +83,68 @@ def test_run_all_orchestrates_parts_and_collects_results(gc, monkeypatch):
         if "--out-dir" in cmd:
             out = Path(cmd[cmd.index("--out-dir") + 1])
             out.mkdir(parents=True)
-            data = ({"rows": [{"variant": "vitzoo", "ms_per_step": 10.0}],
-                     "ratios": {"flex/vitzoo": 1.4}, "model": "vitzoo_dinat_tiny"}
-                    if "--model-step" in cmd else
-                    {"rows": [{"op": cmd[cmd.index("--ops") + 1], "case": "c", "impl": "triton",
-                               "fwd_ms": 1.0, "fwd_bwd_ms": 2.0, "peak_mem_mb": 3.0}]})
-            (out / "x.json").write_text(json.dumps(data))
+            if "--gpu-compare" in cmd:
+                assert "TRITON_INTERPRET" not in env
+                (out / "check.json").write_text(json.dumps(
+                    {"arch": 90, "summary": {"same": 9, "differs": 1}, "comparison": []}))
+                (out / "check.md").write_text("# Compile matrix on a GPU\n")
+            else:
+                data = ({"rows": [{"variant": "vitzoo", "ms_per_step": 10.0}],
+                         "ratios": {"flex/vitzoo": 1.4}, "model": "vitzoo_dinat_tiny"}
+                        if "--model-step" in cmd else
+                        {"rows": [{"op": cmd[cmd.index("--ops") + 1], "case": "c",
+                                   "impl": "triton", "fwd_ms": 1.0, "fwd_bwd_ms": 2.0,
+                                   "peak_mem_mb": 3.0}]})
+                (out / "x.json").write_text(json.dumps(data))
         return {"part": name, "command": " ".join(cmd), "rc": 0, "timed_out": False,
                 "seconds": 1.0, "limit_s": timeout, "output_tail": "5 passed in 1s"}
 
     monkeypatch.setattr(gc, "run_part", fake_run_part)
-    body = gc.run_all(400, {"tests": 100, "ops": 120, "model_step": 100},
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    body = gc.run_all(480, {"tests": 100, "ops": 120, "compile_matrix": 60, "model_step": 100},
                       ops=["neighborhood", "window"])
     names = [c[0] for c in calls]
-    assert names == ["tests", "ops:neighborhood", "ops:window", "model_step"]
+    assert names == ["tests", "ops:neighborhood", "ops:neighborhood:fp32-high", "ops:window",
+                     "ops:window:fp32-high", "compile_matrix", "model_step"]
     test_cmd = calls[0][1]
     assert test_cmd[1:3] == ["-m", "pytest"] and "gpu" in test_cmd
     assert "tests/test_kernels_neighborhood.py" in test_cmd
-    # ops share 120 s by weight (neighborhood 2, others 1), unused time rolling over to the next
-    # op (the fake parts take none); the model step gets what is left of the 400 s
-    assert calls[0][2] <= 100 and 75 <= calls[1][2] <= 80 and 110 <= calls[2][2] <= 120
-    assert 250 <= calls[3][2] <= 400
-    assert calls[3][1][calls[3][1].index("--model-variants") + 1] == "vitzoo,flex"
-    assert all("--device" in c[1] and "--quick" in c[1] for c in calls[1:3])
+    # ops share 120 s by weight (neighborhood 2, others 1; fp32 runs 0.6 of their op's bf16),
+    # unused time rolling over (the fake parts take none); the model step gets what is left
+    na_bf16, na_fp32, win_bf16, win_fp32 = (c[2] for c in calls[1:5])
+    assert 48 <= na_bf16 <= 50 and 49 <= na_fp32 <= 52 and 72 <= win_bf16 <= 75
+    assert 115 <= win_fp32 <= 120
+    assert calls[5][2] <= 60 and 250 <= calls[6][2] <= 480
+    assert calls[6][1][calls[6][1].index("--model-variants") + 1] == "vitzoo,flex"
+    for c in calls[1:5]:
+        assert "--device" in c[1] and "--quick" in c[1]
+    # bf16 runs the script; fp32 sets torch's precision to "high" first, then runs it in fp32
+    assert calls[1][1][1] == "tools/bench_kernels.py" and "--dtype" not in calls[1][1]
+    fp32 = calls[2][1]
+    assert fp32[1] == "-c" and "set_float32_matmul_precision('high')" in fp32[2]
+    assert fp32[fp32.index("--dtype") + 1] == "float32"
+    cm_cmd = calls[5][1]
+    assert cm_cmd[1] == "tools/compile_matrix.py"
+    assert cm_cmd[cm_cmd.index("--gpu-compare") + 1] == "benchmarks/results/compile_matrix.json"
     assert body["tests"]["passed"] == 5  # no junit file: from the summary line
-    assert [r["op"] for r in body["ops_rows"]] == ["neighborhood", "window"]
+    assert [(r["op"], r["dtype"]) for r in body["ops_rows"]] == [
+        ("neighborhood", "bf16"), ("neighborhood", "fp32-high"), ("window", "bf16"),
+        ("window", "fp32-high")]
+    assert body["compile_matrix"]["summary"] == {"same": 9, "differs": 1}
+    assert body["compile_matrix_md"].startswith("# Compile matrix on a GPU")
     assert body["model_step"]["ratios"] == {"flex/vitzoo": 1.4}
+
+
+def test_the_fp32_high_wrapper_sets_the_precision_before_the_script(gc, tmp_path):
+    """The ``-c`` wrapper really runs the script with its arguments after torch's setting."""
+    script = tmp_path / "tools" / "bench_kernels.py"
+    script.parent.mkdir()
+    script.write_text("import sys, torch\nprint(torch.get_float32_matmul_precision(), "
+                      "sys.argv[1:])\n")
+    res = subprocess.run([sys.executable, "-c", gc._FP32_HIGH, "--dtype", "float32"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "high ['--dtype', 'float32']"
 
 
 def test_gpu_test_files_are_the_kernel_tests_and_gpu_marked_files(gc):
@@ -121,9 +157,11 @@ def test_gpu_test_files_are_the_kernel_tests_and_gpu_marked_files(gc):
 
 def test_out_of_time_parts_are_recorded_not_run(gc, monkeypatch):
     monkeypatch.setattr(gc, "run_part", lambda *a, **k: pytest.fail("nothing should run"))
-    body = gc.run_all(12, {"tests": 100, "ops": 100, "model_step": 100}, ops=["neighborhood"])
+    body = gc.run_all(12, {"tests": 100, "ops": 100, "compile_matrix": 60, "model_step": 100},
+                      ops=["neighborhood"])
     assert [(p["part"], p["skipped"]) for p in body["parts"]] == [
         ("tests", "out of time"), ("ops:neighborhood", "out of time"),
+        ("ops:neighborhood:fp32-high", "out of time"), ("compile_matrix", "out of time"),
         ("model_step", "out of time")]
 
 
@@ -151,7 +189,12 @@ def _fake_report():
              "speedup": 1.72},
             {"op": "neighborhood", "case": "map 56 heads 2 dil 1 batch 32", "impl": "flex",
              "fwd_ms": 0.4, "fwd_bwd_ms": 1.548, "peak_mem_mb": 600.0},
+            {"op": "neighborhood", "dtype": "fp32-high", "case": "map 56 heads 2 dil 1 batch 32",
+             "impl": "triton", "fwd_ms": 0.5, "fwd_bwd_ms": 1.8, "peak_mem_mb": 900.0},
         ],
+        "compile_matrix": {"arch": 90, "summary": {"same": 30, "differs": 2,
+                                                   "failing checks": 0}},
+        "compile_matrix_md": "# Compile matrix on a GPU: NVIDIA H200 (sm_90)\n",
         "model_step": {"model": "vitzoo_dinat_tiny", "batch": 32, "img_size": 224,
                        "dtype": "bfloat16", "check_max_abs_diff": 3e-6,
                        "rows": [{"variant": "vitzoo", "ms_per_step": 80.0, "img_per_s": 400.0},
@@ -162,27 +205,35 @@ def _fake_report():
 
 def test_report_writer(gc, tmp_path):
     report = _fake_report()
-    js, md = gc.write_report(report, tmp_path)
+    js, md, cjs, cmd = gc.write_report(report, tmp_path)
     assert js.name == "2026-11-30-nvidia-h200.json" and md.name == "2026-11-30-nvidia-h200.md"
-    assert json.loads(js.read_text()) == report
+    assert cjs.name == "2026-11-30-nvidia-h200-compile-matrix.json"
+    assert json.loads(cjs.read_text()) == report["compile_matrix"]
+    assert cmd.read_text() == report["compile_matrix_md"]
+    assert json.loads(js.read_text()) == {k: v for k, v in report.items()
+                                          if k != "compile_matrix_md"}
     text = md.read_text()
     assert "NVIDIA H200 (sm_90)" in text and "torch 2.9.0, triton 3.5.0, timm 1.0.31" in text
     assert "`tools/gpu_check.py`" in text
     assert "12 passed, 1 failed, 0 errors, 2 skipped (of 15)" in text
     assert "| tests | ok | 40.2 |" in text and "| ops:neighborhood | failed (rc 1) |" in text
     assert "| ops:window | not run: out of time |" in text
-    assert "| neighborhood | map 56 heads 2 dil 1 batch 32 | triton | 0.250 | 0.900 | 512.0 | " \
-           "1.72x vs flex |" in text
+    assert "| neighborhood | bf16 | map 56 heads 2 dil 1 batch 32 | triton | 0.250 | 0.900 | " \
+           "512.0 | 1.72x vs flex |" in text
+    assert "| neighborhood | fp32-high | map 56 heads 2 dil 1 batch 32 | triton | 0.500 |" in text
+    assert "sm_90: 2 differs, 0 failing checks, 30 same" in text
     assert "| vitzoo | 80.00 | 400.0 |" in text and "flex/vitzoo: 1.38x" in text
     assert "RuntimeError: out of resources" in text  # failing part's tail is in the report
 
 
 def test_report_without_results_still_renders(gc, tmp_path):
     report = dict(_fake_report(), tests={"status": "not run: pytest is not installed"},
-                  ops_rows=[], model_step=None)
+                  ops_rows=[], model_step=None, compile_matrix=None)
     text = gc.render_markdown(report)
     assert "not run: pytest is not installed" in text and text.count("no rows") == 1
-    assert "no result" in text
+    assert "no result" in text and "## Compile matrix on this GPU\n\nnot run" in text
+    paths = gc.write_report(report, tmp_path)
+    assert len(paths) == 2  # no compile comparison file when it did not run
 
 
 def test_main_with_a_device_writes_the_report_and_fails_on_a_failed_part(gc, tmp_path,
@@ -193,11 +244,15 @@ def test_main_with_a_device_writes_the_report_and_fails_on_a_failed_part(gc, tmp
 
     def fake_run_all(budget_s, budgets):
         seen.update(budget=budget_s, **budgets)
-        return {k: fake[k] for k in ("parts", "tests", "ops_rows", "model_step")}
+        return {k: fake[k] for k in ("parts", "tests", "ops_rows", "model_step",
+                                     "compile_matrix", "compile_matrix_md")}
 
     monkeypatch.setattr(gc, "run_all", fake_run_all)
-    assert gc.main(["--budget", "300", "--ops-budget", "99", "--out-dir", str(tmp_path)]) == 1
-    assert seen == dict(budget=300.0, tests=120, ops=99.0, model_step=110)
+    assert gc.main(["--budget", "300", "--ops-budget", "99", "--compile-matrix-budget", "45",
+                    "--out-dir", str(tmp_path)]) == 1
+    assert seen == dict(budget=300.0, tests=100, ops=99.0, compile_matrix=45.0, model_step=90)
+    assert (tmp_path / "2026-11-30-nvidia-h200-compile-matrix.md").is_file() or \
+        list(tmp_path.glob("*-nvidia-h200-compile-matrix.md"))
     out = capsys.readouterr().out
     assert "gpu_check: gpu NVIDIA H200" in out and "ops:neighborhood: rc 1" in out
     (js,) = list(tmp_path.glob("*-nvidia-h200.json"))

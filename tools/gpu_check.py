@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""One GPU check (``make gpu-check``): CUDA kernel tests, kernel benchmarks, a training step.
+"""One GPU check (``make gpu-check``): CUDA kernel tests, kernel benchmarks, the compile matrix
+on this GPU, a training step.
 
 Runs from a plain checkout with ``PYTHONPATH=.`` and the packages already on the machine (torch,
 triton, timm; no pip step, and fvcore is not needed). On a CUDA GPU it
@@ -8,14 +9,19 @@ triton, timm; no pip step, and fvcore is not needed). On a CUDA GPU it
 2. runs the CUDA-marked kernel tests (``pytest -m gpu`` on tests/test_kernels_*.py and any test
    file with a ``gpu`` mark);
 3. runs ``tools/bench_kernels.py --quick`` for every op in ``tools/kernel_bench/``, one process
-   per op;
-4. runs the DiNAT-tiny training-step benchmark (``bench_kernels.py --model-step --quick``,
+   per op and dtype: bf16, then fp32 under ``torch.set_float32_matmul_precision("high")`` (the
+   kernels' TF32 path);
+4. compiles the compile matrix's slice for this GPU's own compute capability, loads it, and
+   compares registers / spills / shared memory with the committed prediction
+   (``tools/compile_matrix.py --gpu-compare benchmarks/results/compile_matrix.json``);
+5. runs the DiNAT-tiny training-step benchmark (``bench_kernels.py --model-step --quick``,
    eager vitzoo vs the same model on compiled FlexAttention);
 
 each part in its own process under its own time limit (the whole run stays within
 ``--budget``, 8 minutes by default), carrying on after a part fails or times out. It writes
 ``benchmarks/results/<YYYY-MM-DD>-<gpu>.md`` and ``.json``: device, versions, command, every
-timing, test pass/fail counts, and the tail of any failing part's output. Exit status 1 if any
+timing, test pass/fail counts, and the tail of any failing part's output; and the compile
+comparison as ``<YYYY-MM-DD>-<gpu>-compile-matrix.md`` / ``.json``. Exit status 1 if any
 part failed. Without a CUDA device it prints one line and exits 0.
 
 Only the standard library is imported at module level, so this file also loads where torch is
@@ -40,9 +46,17 @@ from typing import Any, Dict, List, Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 SKIP_LINE = "gpu_check: skipped: no CUDA device"
 # seconds per part (the model step also gets what the earlier parts leave unused)
-DEFAULT_BUDGETS = {"tests": 120, "ops": 230, "model_step": 110}
+DEFAULT_BUDGETS = {"tests": 100, "ops": 230, "compile_matrix": 60, "model_step": 90}
 # share of the ops budget per op (default 1): NA compiles FlexAttention for each of its cases
 OP_WEIGHTS = {"neighborhood": 2.0}
+# each op is timed in these dtypes; the fp32 run's share of the op's time (it is the second one)
+OP_DTYPES = ("bf16", "fp32-high")
+DTYPE_WEIGHTS = {"bf16": 1.0, "fp32-high": 0.6}
+PREDICTION = "benchmarks/results/compile_matrix.json"
+# bench_kernels.py in fp32 with TF32 allowed: torch's setting is made before the script runs
+_FP32_HIGH = ("import runpy, sys, torch; torch.set_float32_matmul_precision('high'); "
+              "sys.argv = ['tools/bench_kernels.py'] + sys.argv[1:]; "
+              "runpy.run_path('tools/bench_kernels.py', run_name='__main__')")
 # the eager pair only: torch.compile of the whole model twice would not fit in the budget
 MODEL_VARIANTS = "vitzoo,flex"
 TAIL_CHARS = 3000
@@ -167,7 +181,8 @@ def _run_parts(work: Path, budget_s: float, budgets: Dict[str, float], python: s
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     deadline = Deadline(budget_s)
     parts: List[Dict[str, Any]] = []
-    body: Dict[str, Any] = {"parts": parts, "tests": None, "ops_rows": [], "model_step": None}
+    body: Dict[str, Any] = {"parts": parts, "tests": None, "ops_rows": [], "model_step": None,
+                            "compile_matrix": None}
 
     # 1. CUDA kernel tests
     files = gpu_test_files()
@@ -191,25 +206,43 @@ def _run_parts(work: Path, budget_s: float, budgets: Dict[str, float], python: s
         body["tests"] = dict(counts or {"status": "no counts (timed out before the summary)"},
                              files=files)
 
-    # 2. op benchmarks, one process each; an op's unused time rolls over to the next
+    # 2. op benchmarks, one process per (op, dtype); unused time rolls over to the next
     names = op_names() if ops is None else ops
+    runs = [(n, d) for n in names for d in OP_DTYPES]
     ops_end = time.monotonic() + budgets["ops"]
-    for i, name in enumerate(names):
-        weights = [OP_WEIGHTS.get(n, 1.0) for n in names[i:]]
+    for i, (name, dtype) in enumerate(runs):
+        weights = [OP_WEIGHTS.get(n, 1.0) * DTYPE_WEIGHTS[d] for n, d in runs[i:]]
         share = (ops_end - time.monotonic()) * weights[0] / sum(weights)
         limit = deadline.limit(share)
+        part_name = f"ops:{name}" + ("" if dtype == "bf16" else f":{dtype}")
         if limit < 10:
-            parts.append(_not_run(f"ops:{name}", "out of time"))
+            parts.append(_not_run(part_name, "out of time"))
             continue
-        out_dir = work / f"op_{name}"
-        cmd = [python, "tools/bench_kernels.py", "--device", "cuda", "--quick", "--ops", name,
-               "--out-dir", str(out_dir)]
-        parts.append(run_part(f"ops:{name}", cmd, limit, env))
+        out_dir = work / f"op_{name}_{dtype}"
+        args = ["--device", "cuda", "--quick", "--ops", name, "--out-dir", str(out_dir)]
+        cmd = ([python, "tools/bench_kernels.py", *args] if dtype == "bf16" else
+               [python, "-c", _FP32_HIGH, *args, "--dtype", "float32"])
+        parts.append(run_part(part_name, cmd, limit, env))
         data = _read_json(out_dir)
         if data:
-            body["ops_rows"] += data.get("rows", [])
+            body["ops_rows"] += [dict(r, dtype=dtype) for r in data.get("rows", [])]
 
-    # 3. DiNAT-tiny training step vs FlexAttention
+    # 3. the compile matrix's slice for this GPU against the committed prediction
+    limit = deadline.limit(budgets["compile_matrix"])
+    if limit < 10:
+        parts.append(_not_run("compile_matrix", "out of time"))
+    else:
+        out_dir = work / "compile_matrix"
+        cmd = [python, "tools/compile_matrix.py", "--gpu-compare", PREDICTION, "--out-dir",
+               str(out_dir), "--name", "check"]
+        cm_env = {k: v for k, v in env.items() if k != "TRITON_INTERPRET"}
+        parts.append(run_part("compile_matrix", cmd, limit, cm_env))
+        js, md = out_dir / "check.json", out_dir / "check.md"
+        if js.is_file():
+            body["compile_matrix"] = json.loads(js.read_text())
+            body["compile_matrix_md"] = md.read_text() if md.is_file() else ""
+
+    # 4. DiNAT-tiny training step vs FlexAttention
     limit = deadline.limit(max(budgets["model_step"], deadline.left()))
     if limit < 20:
         parts.append(_not_run("model_step", "out of time"))
@@ -264,18 +297,28 @@ def render_markdown(report: Dict[str, Any]) -> str:
     rows = report.get("ops_rows") or []
     lines += ["", "## Kernel benchmarks (quick)", ""]
     if rows:
-        lines += ["| op | case | impl | fwd ms | fwd+bwd ms | peak MiB | speedup |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| op | dtype | case | impl | fwd ms | fwd+bwd ms | peak MiB | speedup |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in rows:
             up = (f"{r['speedup']:.2f}x vs {r.get('ratio_vs')}"
                   if isinstance(r.get("speedup"), (int, float)) else "-")
             if r.get("error"):
                 up = "error: " + str(r["error"])[:120]
-            lines.append(f"| {r.get('op')} | {r.get('case')} | {r.get('impl')} | "
+            lines.append(f"| {r.get('op')} | {r.get('dtype', 'bf16')} | {r.get('case')} | "
+                         f"{r.get('impl')} | "
                          f"{_fmt(r.get('fwd_ms'))} | {_fmt(r.get('fwd_bwd_ms'))} | "
                          f"{_fmt(r.get('peak_mem_mb'), '.1f')} | {up} |")
     else:
         lines.append("no rows")
+    cmx = report.get("compile_matrix")
+    lines += ["", "## Compile matrix on this GPU", ""]
+    if cmx:
+        lines.append(f"sm_{cmx.get('arch')}: " + ", ".join(
+            f"{n} {k}" for k, n in sorted((cmx.get("summary") or {}).items()))
+            + " (kernels compiled here vs the committed prediction; table in the "
+            "`-compile-matrix.md` file beside this one)")
+    else:
+        lines.append("not run")
     step = report.get("model_step")
     lines += ["", "## Training step (model level)", ""]
     if step:
@@ -300,13 +343,22 @@ def render_markdown(report: Dict[str, Any]) -> str:
 
 
 def write_report(report: Dict[str, Any], out_dir: Path) -> List[Path]:
-    """``<out_dir>/<YYYY-MM-DD>-<gpu>.json`` and ``.md``; returns both paths."""
+    """``<out_dir>/<YYYY-MM-DD>-<gpu>.json`` and ``.md`` (and ``-compile-matrix.json`` / ``.md``
+    when the compile comparison ran); returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{report['date'][:10]}-{_slug(report['device'].get('gpu', 'gpu'))}"
     js, md = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    js.write_text(json.dumps(report, indent=2))
-    md.write_text(render_markdown(report))
-    return [js, md]
+    cm_md = report.get("compile_matrix_md")
+    main = {k: v for k, v in report.items() if k != "compile_matrix_md"}
+    js.write_text(json.dumps(main, indent=2))
+    md.write_text(render_markdown(main))
+    paths = [js, md]
+    if report.get("compile_matrix"):
+        cjs, cmd = out_dir / f"{stem}-compile-matrix.json", out_dir / f"{stem}-compile-matrix.md"
+        cjs.write_text(json.dumps(report["compile_matrix"], indent=2))
+        cmd.write_text(cm_md or "")
+        paths += [cjs, cmd]
+    return paths
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -326,8 +378,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("gpu_check: " + ", ".join(f"{k} {v}" for k, v in device.items()), flush=True)
     command = " ".join(["tools/gpu_check.py"] + (argv if argv is not None else sys.argv[1:]))
     t0 = time.monotonic()
-    budgets = {"tests": args.tests_budget, "ops": args.ops_budget,
-               "model_step": args.model_step_budget}
+    budgets = {part: getattr(args, f"{part}_budget") for part in DEFAULT_BUDGETS}
     body = run_all(args.budget, budgets)
     report = dict(date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   device=device, command=command, budget_s=args.budget,
