@@ -16,50 +16,14 @@ import pytest
 import timm
 
 import vitzoo  # noqa: F401  (registers the zoo)
-from vitzoo.cli.effective_config import effective
+from vitzoo.cli.effective_config import differences, effective, official_table
 from vitzoo.cli.recipes import all_recipes
 from vitzoo.cli.train_args import parse_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE = os.path.join(ROOT, 'vitzoo', 'results', 'official_recipes.csv')
-INT = {'gpus', 'batch_size', 'grad_accum_steps', 'global_batch', 'epochs', 'cooldown_epochs', 'epochs_run',
-       'warmup_epochs', 'aug_repeats', 'img_size', 'lr_base_size'}
-FLOAT = {'lr', 'lr_base', 'warmup_lr', 'min_lr', 'weight_decay', 'drop_path', 'drop', 'smoothing', 'mixup', 'cutmix',
-         'mixup_prob', 'reprob', 'model_ema_decay', 'clip_grad', 'crop_pct'}
-BOOL = {'sched_on_updates', 'model_ema', 'amp', 'token_label'}
-#: table column -> key of vitzoo.cli.effective_config.effective (the value a run gets)
-EFFECTIVE = {'batch_size': 'batch_per_process', 'grad_accum_steps': 'grad_accum_steps',
-             'global_batch': 'global_batch', 'opt': 'opt', 'lr': 'lr', 'sched': 'sched',
-             'sched_on_updates': 'sched_on_updates', 'epochs': 'epochs', 'cooldown_epochs': 'cooldown_epochs',
-             'epochs_run': 'epochs_run', 'warmup_epochs': 'warmup_epochs', 'warmup_lr': 'warmup_lr',
-             'min_lr': 'min_lr', 'weight_decay': 'weight_decay', 'drop_path': 'drop_path', 'drop': 'drop',
-             'smoothing': 'smoothing', 'mixup': 'mixup', 'cutmix': 'cutmix', 'mixup_prob': 'mixup_prob',
-             'aa': 'aa', 'reprob': 'reprob', 'aug_repeats': 'aug_repeats', 'model_ema': 'model_ema',
-             'model_ema_decay': 'model_ema_decay', 'clip_grad': 'clip_grad', 'clip_mode': 'clip_mode',
-             'img_size': 'img_size', 'crop_pct': 'crop_pct', 'train_interpolation': 'train_interpolation',
-             'amp': 'amp', 'token_label': 'token_label'}
 CITATION = re.compile(r'[\w.-]+/[\w.-]+@[0-9a-f]{7,40}')
-
-
-def _value(col: str, text: str):
-    if text == '':
-        return None
-    if col in INT:
-        return int(text)
-    if col in FLOAT:
-        return float(text)
-    if col in BOOL:
-        assert text in ('true', 'false'), f'{col}: {text!r}'
-        return text == 'true'
-    return text
-
-
-def _rows() -> dict[str, dict]:
-    with open(TABLE, newline='') as f:
-        return {r['recipe']: {k: _value(k, v) for k, v in r.items()} for r in csv.DictReader(f)}
-
-
-ROWS = _rows()
+ROWS = official_table()
 
 
 def _header(path: str) -> str:
@@ -70,6 +34,11 @@ def _header(path: str) -> str:
                 break
             lines.append(line[1:].strip())
     return ' '.join(lines)
+
+
+def test_the_packaged_table_is_the_repository_file():
+    with open(TABLE, newline='') as f:
+        assert len(list(csv.DictReader(f))) == len(ROWS) == 84
 
 
 def test_every_zoo_model_has_one_recipe_and_one_row():
@@ -89,12 +58,7 @@ def test_recipe_equals_the_official_values(name, monkeypatch):
     assert args.model == row['model']
     assert args.recipe_gpus == row['gpus'], 'the recipe names the process count of its global batch'
     eff = effective(args, world_size=row['gpus'])
-    wrong = []
-    for col, key in EFFECTIVE.items():
-        want, got = row[col], eff[key]
-        same = got == pytest.approx(want, rel=1e-9) if isinstance(want, float) and got is not None else got == want
-        if not same:
-            wrong.append(f'{col}: recipe {got!r}, official {want!r}')
+    wrong = [f'{col}: recipe {got!r}, official {want!r}' for col, (got, want) in differences(eff, row).items()]
     # the lr's scaling rule: the official point (lr_base at lr_base_size) scaled linearly
     if (args.lr, args.lr_base_scale, args.lr_base, args.lr_base_size) != (None, 'linear', row['lr_base'],
                                                                          row['lr_base_size']):
@@ -155,3 +119,14 @@ def test_readme_training_names_every_source():
     missing = sorted(c for c in cited if c not in training)
     assert not missing, f'README Training section does not cite {missing}'
     assert 'no official source' in training.lower() and 'token_label' in training
+
+
+def test_differences_name_every_changed_field(monkeypatch):
+    monkeypatch.delenv('WORLD_SIZE', raising=False)
+    row = ROWS['shvit/shvit_s2']
+    args = parse_args(['--config', 'shvit/shvit_s2', '--print-config', '--weight-decay', '0.025', '--amp',
+                       '-b', '128'])
+    diff = differences(effective(args, world_size=8), row)
+    assert diff['weight_decay'] == (0.025, 0.032) and diff['amp'] == (True, False)
+    assert diff['global_batch'] == (1024, 2048) and diff['lr'] == (pytest.approx(2e-3), 4e-3)
+    assert 'epochs_run' not in diff and 'aug_repeats' not in diff

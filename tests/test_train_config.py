@@ -181,6 +181,7 @@ def test_print_config_shows_the_effective_recipe_and_touches_nothing(tmp_path, m
     assert '4096 = 128 per process x 8 processes' in out and '4 accumulation steps' in out
     assert 'lr                      0.008 (lr_base 0.008 x (4096 / 4096), linear scaling)' in out
     assert 'epochs run              310 (epochs 300, cooldown 10)' in out and 'off (fp32)' in out
+    assert 'official; sail-sg/metaformer@64c534a' in out and 'differs from official   none' in out
     # a DeiT-derived recipe runs exactly `epochs`; a data path that does not exist is not read
     assert cli_main([str(tmp_path / 'no_data'), '--config', 'efficientvit/efficientvit_m0', '--print-config',
                      '--output', str(tmp_path / 'o')]) == 0
@@ -192,6 +193,7 @@ def test_print_config_shows_the_effective_recipe_and_touches_nothing(tmp_path, m
     assert cli_main(['--config', 'efficientvit/efficientvit_m0', '--print-config', '-b', '64']) == 0
     out = capsys.readouterr().out
     assert '128 = 64 per process x 2 processes' in out and '0.00025 (lr_base 0.001 x (128 / 512)' in out
+    assert 'global_batch 128 (official 2048)' in out and 'lr 0.00025 (official 0.004)' in out
     assert os.listdir(tmp_path) == [], 'print-config created files'
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections import OrderedDict
-from typing import Optional
+from typing import Optional, Sequence
 
 #: the one line a recipe with `token_label: true` (SpectFormer-H's official recipe) is refused with
 TOKEN_LABEL_REFUSAL = (
@@ -145,8 +145,8 @@ def _show(v) -> str:
     return str(v)
 
 
-def format_effective(e: OrderedDict, recipe: str = '') -> str:
-    """Lines a user compares with the paper at a glance."""
+def format_effective(e: OrderedDict, recipe: str = '', extra: Sequence[tuple[str, str]] = ()) -> str:
+    """Lines a user compares with the paper at a glance (`extra`: more (name, value) rows)."""
     accum = f" x {e['grad_accum_steps']} accumulation steps" if e['grad_accum_steps'] > 1 else ''
     sched = f"{e['sched']}, stepped per {'update' if e['sched_on_updates'] else 'epoch'}"
     ra = f"x{e['aug_repeats']}" if e['aug_repeats'] else 'off'
@@ -178,6 +178,7 @@ def format_effective(e: OrderedDict, recipe: str = '') -> str:
         ('AMP', f"on ({e['amp_dtype']})" if e['amp'] else 'off (fp32)'),
         ('token labelling', 'on (refused by the trainer: not implemented)' if e['token_label'] else 'off'),
     ]
+    rows += list(extra)
     width = max(len(k) for k, _ in rows)
     return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)
 
@@ -193,11 +194,79 @@ def recipe_note(args: argparse.Namespace, world_size: int) -> Optional[str]:
             f'the recipe\'s global batch)')
 
 
+#: official_recipes.csv column -> key of `effective` (the value a run gets)
+OFFICIAL_FIELDS = {
+    'batch_size': 'batch_per_process', 'grad_accum_steps': 'grad_accum_steps', 'global_batch': 'global_batch',
+    'opt': 'opt', 'lr': 'lr', 'sched': 'sched', 'sched_on_updates': 'sched_on_updates', 'epochs': 'epochs',
+    'cooldown_epochs': 'cooldown_epochs', 'epochs_run': 'epochs_run', 'warmup_epochs': 'warmup_epochs',
+    'warmup_lr': 'warmup_lr', 'min_lr': 'min_lr', 'weight_decay': 'weight_decay', 'drop_path': 'drop_path',
+    'drop': 'drop', 'smoothing': 'smoothing', 'mixup': 'mixup', 'cutmix': 'cutmix', 'mixup_prob': 'mixup_prob',
+    'aa': 'aa', 'reprob': 'reprob', 'aug_repeats': 'aug_repeats', 'model_ema': 'model_ema',
+    'model_ema_decay': 'model_ema_decay', 'clip_grad': 'clip_grad', 'clip_mode': 'clip_mode',
+    'img_size': 'img_size', 'crop_pct': 'crop_pct', 'train_interpolation': 'train_interpolation', 'amp': 'amp',
+    'token_label': 'token_label'}
+_INT = {'gpus', 'batch_size', 'grad_accum_steps', 'global_batch', 'epochs', 'cooldown_epochs', 'epochs_run',
+        'warmup_epochs', 'aug_repeats', 'img_size', 'lr_base_size'}
+_FLOAT = {'lr', 'lr_base', 'warmup_lr', 'min_lr', 'weight_decay', 'drop_path', 'drop', 'smoothing', 'mixup',
+          'cutmix', 'mixup_prob', 'reprob', 'model_ema_decay', 'clip_grad', 'crop_pct'}
+_BOOL = {'sched_on_updates', 'model_ema', 'amp', 'token_label'}
+
+
+def _typed(col: str, text: str):
+    if text == '':
+        return None
+    if col in _INT:
+        return int(text)
+    if col in _FLOAT:
+        return float(text)
+    if col in _BOOL:
+        if text not in ('true', 'false'):
+            raise ValueError(f'official_recipes.csv: {col} expects true or false, got {text!r}')
+        return text == 'true'
+    return text
+
+
+def official_table() -> dict[str, dict]:
+    """vitzoo/results/official_recipes.csv as {recipe: typed row} (the authors' values and their sources)."""
+    import csv
+    from importlib.resources import files
+    text = files('vitzoo.results').joinpath('official_recipes.csv').read_text()
+    return {r['recipe']: {k: _typed(k, v) for k, v in r.items()} for r in csv.DictReader(text.splitlines())}
+
+
+def differences(e: dict, row: dict) -> dict[str, tuple]:
+    """{column: (this run's value, official value)} for the key fields that differ."""
+    out = {}
+    for col, key in OFFICIAL_FIELDS.items():
+        want, got = row[col], e[key]
+        if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+            same = abs(got - want) <= 1e-9 * max(abs(want), 1e-30)
+        else:
+            same = got == want
+        if not same:
+            out[col] = (got, want)
+    return out
+
+
+def official_rows(e: dict) -> list[tuple[str, str]]:
+    """What the official table says about this model, and where this run differs from it."""
+    rows = [r for r in official_table().values() if r['model'] == e['model']]
+    if not rows:
+        return [('official values', '- (no row in vitzoo/results/official_recipes.csv)')]
+    row = rows[0]
+    import re
+    cited = ', '.join(dict.fromkeys(re.findall(r'[\w.-]+/[\w.-]+@[0-9a-f]{7,40}', row['source'] or '')))
+    status = row['status'] + (f" ({row['no_official_source']}: {row['rule']})" if row['no_official_source'] else '')
+    diff = differences(e, row)
+    text = '; '.join(f'{k} {_show(a)} (official {_show(b)})' for k, (a, b) in diff.items()) or 'none'
+    return [('official values', f'{status}; {cited}'), ('differs from official', text)]
+
+
 def print_config(args: argparse.Namespace) -> dict:
     """`--print-config`: print the effective settings to stdout; the dict is what `train` returns."""
     e = effective(args)
     if os.environ.get('RANK', '0') == '0':  # under torchrun: one copy, not one per process
-        print(format_effective(e, args.config))
+        print(format_effective(e, args.config, official_rows(e)))
     return dict(output_dir=None, effective=dict(e))
 
 
