@@ -6,6 +6,10 @@ bias on the region keys outside a query's window. The work is then real matmuls 
 blocks (``[Tq, d] x [d, Rk]``), the index tensors are built once per (shape, kernel, dilation,
 device) and cached, and nothing of size ``N x N`` ever exists. Works on the 2-D layout
 ``[B, H, W, heads, d]``; 1-D inputs run as a ``1 x L`` map.
+
+Deterministic on every device: the backward's sums of the per-tile dK/dV (and d(rpb)) over the
+tiles that share a key (a bias cell) are gathers through cached ``[bins, M]`` position tables
+and a fixed-order ``sum``, never ``index_add_`` / ``scatter_add_`` (atomics on CUDA).
 """
 from __future__ import annotations
 
@@ -91,6 +95,42 @@ def _tile_tables(height: int, width: int, kh: int, kw: int, dh: int, dw: int,
             inv.to(device), sizes)
 
 
+def _segments(index: Tensor, bins: int) -> Tensor:
+    """``[bins, M]`` positions of ``index`` holding each value ``0 .. bins-1`` (ascending; values
+    ``>= bins`` are dropped), padded with ``index.numel()`` (a zero slot the caller appends)."""
+    pos = torch.arange(index.numel())
+    keep = index < bins
+    pos, idx = pos[keep], index[keep]
+    order = torch.argsort(idx, stable=True)
+    idx, pos = idx[order], pos[order]
+    counts = torch.bincount(idx, minlength=bins)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(idx.numel()) - starts[idx]
+    table = torch.full((bins, max(1, int(counts.max()) if idx.numel() else 1)), index.numel(),
+                       dtype=torch.long)
+    table[idx, rank] = pos
+    return table
+
+
+def _segment_sum(x: Tensor, dim: int, table: Tensor) -> Tensor:
+    """``out[.., b, ..] = sum_m x[.., table[b, m], ..]`` along ``dim`` (deterministic: a gather and
+    a fixed-order sum; the table's padding index points at an appended zero slice)."""
+    dim = dim % x.dim()
+    pad = x.new_zeros(*x.shape[:dim], 1, *x.shape[dim + 1:])
+    g = torch.cat((x, pad), dim).index_select(dim, table.reshape(-1))
+    return g.view(*x.shape[:dim], *table.shape, *x.shape[dim + 1:]).sum(dim + 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _backward_tables(height: int, width: int, kh: int, kw: int, dh: int, dw: int,
+                     device: torch.device):
+    """Cached segment tables of the backward: region slots of each key token ``[N, M]`` and
+    pair slots of each rpb cell ``[P, M']`` (see :func:`_segments`)."""
+    _, rtok, bias, _, _ = _tile_tables(height, width, kh, kw, dh, dw, torch.device("cpu"))
+    P = (2 * kh - 1) * (2 * kw - 1)
+    return (_segments(rtok, height * width).to(device), _segments(bias, P).to(device))
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
@@ -156,8 +196,9 @@ def reference_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: O
     dq = (torch.matmul(ds, kr) * scale).view(B, nh, -1, D).index_select(2, inv)
     dkr = torch.matmul(ds.transpose(-1, -2), qt) * scale                      # [B, h, nT, Rk, d]
     dvr = torch.matmul(p.transpose(-1, -2), do)
-    dk = p.new_zeros(B, nh, N + 1, D).index_add_(2, rtok, dkr.reshape(B, nh, -1, D))
-    dv = p.new_zeros(B, nh, N + 1, D).index_add_(2, rtok, dvr.reshape(B, nh, -1, D))
+    key_slots, bias_slots = _backward_tables(H, W, ks[0], ks[1], dil[0], dil[1], q.device)
+    dk = _segment_sum(dkr.reshape(B, nh, -1, D), 2, key_slots)                # [B, h, N, d]
+    dv = _segment_sum(dvr.reshape(B, nh, -1, D), 2, key_slots)
 
     def back(x: Tensor) -> Tensor:  # [B, h, >=N, d] -> [B, H, W, h, d]
         x = x[:, :, :N].permute(0, 2, 1, 3).reshape(B, H, W, nh, D)
@@ -165,8 +206,8 @@ def reference_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, rpb: O
 
     if rpb is not None:
         P = (2 * ks[0] - 1) * (2 * ks[1] - 1)
-        drpb = p.new_zeros(nh, P + 2).index_add_(1, bias, ds.sum(0).reshape(nh, -1))
-        drpb = drpb[:, :P].reshape(rpb.shape).to(rpb.dtype).contiguous()
+        drpb = _segment_sum(ds.sum(0).reshape(nh, -1), 1, bias_slots)          # [h, P]
+        drpb = drpb.reshape(rpb.shape).to(rpb.dtype).contiguous()
     else:
         drpb = q.new_empty(0)
     return back(dq), back(dk), back(dv), drpb

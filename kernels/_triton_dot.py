@@ -10,9 +10,11 @@ interpreter workaround live in one place:
 * ``UPCAST``: set only when the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``),
   on 16-bit inputs or on fp32 inputs with ``PREC="tf32"``. Triton 3.8's interpreter computes bf16
   dots wrongly and ignores ``input_precision`` (its TF32 dots are IEEE), so there the operands
-  are multiplied in fp32 after rounding to TF32's 10-bit mantissa (round to nearest, ties away,
-  as ``cvt.rna.tf32.f32``; exact for 16-bit operands). The interpreter thus shows TF32's real
-  error. Compiled kernels never take that branch.
+  are multiplied in fp32 after cutting them to TF32's 10-bit mantissa (exact for 16-bit
+  operands). Truncation, not rounding: Triton 3.8 hands the fp32 registers to ``mma.sync`` /
+  ``wgmma`` ``.tf32`` with no ``cvt.rna.tf32.f32`` (checked in sm_80/sm_90 PTX), and the tensor
+  cores ignore the low 13 bits. The interpreter thus shows TF32's real error. Compiled kernels
+  never take that branch.
 """
 from __future__ import annotations
 
@@ -30,9 +32,9 @@ __all__ = ["mma", "dot_meta", "row_delta"]
 
 @triton.jit
 def _round_tf32(x):
-    """fp32 ``x`` rounded to TF32 (10-bit mantissa; nearest, ties away from zero)."""
+    """fp32 ``x`` cut to TF32 (10-bit mantissa, low 13 bits dropped, as the tensor cores do)."""
     bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
-    return ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+    return (bits & 0xFFFFE000).to(tl.float32, bitcast=True)
 
 
 @triton.jit
