@@ -108,10 +108,17 @@ def test_reset_classifier_and_pooling():
     assert model.no_weight_decay() == {"cls_token_0", "cls_token_1", "pos_embed_0", "pos_embed_1"}
 
 
-def test_wrong_image_size_and_channels_raise():
+def test_any_image_size_is_rescaled_per_branch_and_channels_raise():
+    """timm's rule: each branch sees the image resized to its built size, so any size works and the
+    feature grids are the built ones; an image of the built size is used as it is."""
     model = _toy()
-    with pytest.raises(ValueError, match="48x48"):
-        model(torch.randn(1, 3, 64, 64))
+    x = torch.randn(1, 3, 37, 61)
+    with torch.no_grad():
+        inter = model.forward_intermediates(x, intermediates_only=True)
+        assert [t.shape[-2:] for t in inter] == [(4, 4)] * 2 + [(2, 2)] * 2  # 48/12, 44/16
+        resized = torch.nn.functional.interpolate(x, size=(48, 48), mode="bicubic", align_corners=False)
+        torch.testing.assert_close(model.patch_embed[0](resized), model._embed(x)[0][:, 1:] - model.pos_embed_0[:, 1:])
+        assert model(x).shape == (1, 7)
     with pytest.raises(ValueError, match="input channels"):
         model(torch.randn(1, 1, 48, 48))
     with pytest.raises(ValueError, match="patch sizes 12 and 16"):

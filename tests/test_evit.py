@@ -224,10 +224,29 @@ def test_training_backward_and_grad_checkpointing():
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_dynamic_img_size_and_pad():
+    """timm ViT's dynamic_img_size + dynamic_img_pad (on by default): any size, the image padded to a
+    multiple of the patch, the position embedding resampled; off, only the built size is taken."""
+    torch.manual_seed(0)
+    model = _tiny_evit(keep_rate=1.0)
+    x = torch.randn(1, 3, 90, 61)
+    padded = torch.nn.functional.pad(x, (0, 64 - 61, 0, 96 - 90))
+    with torch.no_grad():
+        inter = model.forward_intermediates(x, indices=[11], intermediates_only=True)
+        assert inter[0].shape == (1, 32, 12, 8)
+        torch.testing.assert_close(model(x), model(padded), rtol=0, atol=0)
+        assert _tiny_evit()(x).shape == (1, 5)  # with token dropping too
+    fixed = _tiny_evit(dynamic_img_size=False)
+    with pytest.raises(ValueError, match="112x112"):
+        fixed(torch.randn(1, 3, 96, 96))
+    no_pad = _tiny_evit(dynamic_img_pad=False)
+    assert no_pad(torch.randn(1, 3, 96, 64)).shape == (1, 5)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        no_pad(x)
+
+
 def test_bad_input_and_classifier_api():
     model = _tiny_evit()
-    with pytest.raises(ValueError, match="112x112"):
-        model(torch.randn(1, 3, 96, 96))
     model.reset_classifier(0)
     assert model(torch.randn(1, 3, 112, 112)).shape == (1, 32)
     assert model.no_weight_decay() == {"cls_token", "pos_embed"}

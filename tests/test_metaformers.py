@@ -170,6 +170,61 @@ def test_official_head_flag_and_switch():
     assert caformer.head.pre_logits.norm.eps == 1e-5
 
 
+def _tiny_caformer(**kw) -> torch.nn.Module:
+    return timm.create_model("vitzoo_caformer_s18", depths=(1, 1, 1, 1), dims=(16, 32, 64, 96), num_classes=5,
+                             drop_rate=0.5, **kw)
+
+
+def test_caformer_head_dropout_position_official_vs_timm():
+    """Issue 18: sail-sg/metaformer's MlpHead applies `head_dropout` between the hidden layer's norm and
+    fc2 (metaformer_baselines.py, MlpHead.forward: fc1 -> act -> norm -> head_dropout -> fc2); timm's
+    MetaFormer drops before fc1 (head.drop) and builds its MlpHead without dropout. The official head
+    puts it where the official model has it; timm's (default, and for timm's weights) where timm has it."""
+    seen = {}
+    for official in (False, True):
+        model = _tiny_caformer(official_head=official).train()
+        model.head.drop.register_forward_hook(lambda m, i, o, k=official: seen.__setitem__(k, i[0].shape[-1]))
+        model(torch.randn(2, 3, 64, 64))
+    assert seen == {False: 96, True: 384}  # timm: on the pooled 96 channels; official: on the 4x hidden layer
+
+    # the official computation, written out (dropout mask drawn from the same RNG state)
+    torch.manual_seed(0)
+    model = _tiny_caformer(official_head=True).train()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        torch.manual_seed(1)
+        y = model.forward_head(feats)
+        h = model.head.pre_logits(model.head.flatten(model.head.norm(model.head.global_pool(feats))))
+        torch.manual_seed(1)
+        ref = model.head.fc(torch.nn.functional.dropout(h, 0.5, training=True))
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(feats), model.head.fc(h), rtol=0, atol=0)  # eval: no dropout
+
+
+def test_caformer_head_dropout_timm_placement_equals_timm_in_train_mode(fast_timm_init):
+    """timm's weights keep timm's placement: in train mode (same RNG) the outputs equal timm's exactly."""
+    torch.manual_seed(0)
+    tm = timm_metaformer  # timm's caformer_s18 entrypoint fixes depths/dims: build its class the same way
+    ref = tm.MetaFormer(depths=(1, 1, 1, 1), dims=(16, 32, 64, 96), num_classes=5, drop_rate=0.5,
+                        token_mixers=[tm.SepConv, tm.SepConv, tm.Attention, tm.Attention],
+                        norm_layers=[tm.LayerNorm2dNoBias] * 2 + [tm.LayerNormNoBias] * 2).train()
+    ours = _tiny_caformer(official_head=True)
+    ours.load_state_dict(ref.state_dict())  # timm's layout: the filter switches to timm's head computation
+    assert not ours.official_head and not ours.head.drop_after_hidden
+    ours.train()
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(3)
+    y_ref = ref(x)
+    torch.manual_seed(3)
+    torch.testing.assert_close(ours(x), y_ref, rtol=0, atol=1e-5)
+    official = _tiny_caformer()
+    official.load_state_dict({"model": _to_official_metaformer(ref.state_dict())})
+    assert official.official_head and official.head.drop_after_hidden  # an official file: the official place
+
+
 # ---- parameter counts, features, contract ------------------------------------------------------
 
 def test_param_counts_match_timm_for_every_variant(monkeypatch):
@@ -231,8 +286,8 @@ def test_bad_input_and_config_errors():
     m = timm.create_model("vitzoo_poolformer_s12")
     with pytest.raises(ValueError, match="input channels"):
         m(torch.randn(1, 1, 64, 64))
-    with pytest.raises(ValueError, match="divisible by 32"):
-        m(torch.randn(1, 3, 60, 64))
+    with pytest.raises(ValueError, match="at least 3x3"):  # the 7x7/4 stem's minimum, as timm's
+        m(torch.randn(1, 3, 2, 64))
     with pytest.raises(ValueError, match="token mixer"):
         timm.create_model("vitzoo_poolformer_s12", token_mixers="conv", device="meta")
     with pytest.raises(TypeError):

@@ -348,6 +348,25 @@ def test_features_only_and_intermediates():
     assert h(x).shape == (1, 8, 8, 24)  # pruned head: unpooled NHWC map
 
 
+def test_any_input_size_pads_like_timm_dynamic_img_pad():
+    """Odd sizes: the vanilla model zero-pads to a multiple of 16 (ceil grid, = the padded image's
+    output), SpectFormer-H's strided convs round up; features come back NCHW (timm has no twin)."""
+    torch.manual_seed(0)
+    v = SpectFormer(**TINY_VANILLA).eval()
+    x = torch.randn(1, 3, 50, 67)
+    padded = F.pad(x, (0, 80 - 67, 0, 64 - 50))
+    with torch.no_grad():
+        inter = v.forward_intermediates(x, indices=[1, 5], intermediates_only=True)
+        assert [t.shape for t in inter] == [(1, 32, 4, 5), (1, 32, 4, 5)]
+        torch.testing.assert_close(inter, v.forward_intermediates(padded, indices=[1, 5], intermediates_only=True),
+                                   rtol=0, atol=0)
+        assert v(x).shape == (1, 7)
+    f = timm.create_model("vitzoo_spectformer_h_s", features_only=True, **{k: v for k, v in TINY_H.items()
+                                                                             if k != "num_classes"}).eval()
+    with torch.no_grad():
+        assert [t.shape for t in f(x)] == [(1, 16, 13, 17), (1, 24, 7, 9), (1, 32, 4, 5), (1, 48, 2, 3)]
+
+
 def test_classifier_api_and_bad_inputs():
     m = SpectFormerH(**TINY_H)
     m.reset_classifier(3)
@@ -356,12 +375,8 @@ def test_classifier_api_and_bad_inputs():
     assert m(torch.randn(1, 3, 64, 64)).shape == (1, 48)
     v = SpectFormer(**TINY_VANILLA)
     assert v.no_weight_decay() == {"pos_embed"}
-    with pytest.raises(ValueError, match="divisible by 16"):
-        v(torch.randn(1, 3, 60, 64))
     with pytest.raises(ValueError, match="3 input channels"):
         v(torch.randn(1, 1, 64, 64))
-    with pytest.raises(ValueError, match="divisible by 32"):
-        m(torch.randn(1, 3, 48, 64))
     with pytest.raises(ValueError, match="no class token"):
         SpectFormer(**dict(TINY_VANILLA, global_pool="token"))
     with pytest.raises(ValueError, match="global_pool"):

@@ -23,14 +23,17 @@ class SquaredReLU(nn.Module):
 
 
 class MetaFormerHead(nn.Module):
-    """`[B, C, H, W]` -> pool -> norm (NCHW LayerNorm on the pooled map) -> flatten -> drop -> [hidden] -> fc.
+    """`[B, C, H, W]` -> pool -> norm (NCHW LayerNorm on the pooled map) -> flatten -> [hidden] -> fc, dropout
+    before the hidden layer (timm) or after it (official MetaFormer, `drop_after_hidden`).
 
     Args:
         in_features: channels of the feature map.
         num_classes: classifier outputs (0: `fc` is an identity).
         pool_type: timm global pool name ('avg', 'max', ...); '' keeps the map (only with num_classes=0).
         hidden_size: width of the MLP hidden layer; None for a plain linear classifier.
-        drop_rate: dropout before the hidden layer / classifier.
+        drop_rate: dropout before the hidden layer (timm's place) or, with `drop_after_hidden`,
+            between the hidden layer and the classifier (the official MetaFormer `MlpHead`'s place).
+        drop_after_hidden: put the dropout after the hidden layer (only matters with `hidden_size`).
         norm_layer: norm applied after pooling, on `[B, C, 1, 1]`.
         act_layer: activation of the hidden layer.
     """
@@ -44,8 +47,10 @@ class MetaFormerHead(nn.Module):
             drop_rate: float = 0.0,
             norm_layer: Callable[[int], nn.Module] = LayerNorm2d,
             act_layer: Callable[[], nn.Module] = SquaredReLU,
+            drop_after_hidden: bool = False,
     ) -> None:
         super().__init__()
+        self.drop_after_hidden = drop_after_hidden
         self.in_features = in_features
         self.hidden_size = hidden_size
         self.num_features = hidden_size or in_features
@@ -102,5 +107,8 @@ class MetaFormerHead(nn.Module):
         if self.global_pool.is_identity():
             return x  # an unpooled map: normed, not projected
         x = self.flatten(x)
-        x = self.pre_logits(self.drop(x))
+        if self.drop_after_hidden:  # official: fc1 -> act -> norm -> drop -> fc
+            x = self.drop(self.pre_logits(x))
+        else:  # timm: drop -> fc1 -> act -> norm -> fc
+            x = self.pre_logits(self.drop(x))
         return x if pre_logits else self.fc(x)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_function, resample_abs_pos_embed, trunc_normal_
 from timm.models import build_model_with_cfg
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._manipulate import checkpoint_seq
@@ -427,6 +427,17 @@ class _DenseTokens:
         return torch.cat([x[:, :self.p], cells], dim=1)
 
 
+@register_notrace_function  # resamples only when the grid differs from the built one: an FX leaf
+def resample_pos_embed_for_grid(pos_embed: torch.Tensor, grid_h: int, grid_w: int, built_h: int, built_w: int,
+                                num_prefix_tokens: int) -> torch.Tensor:
+    """`pos_embed` (prefix tokens first) for a `grid_h x grid_w` patch grid: itself at the built grid
+    (so outputs there are bit-for-bit those of a fixed-size model), else timm's bicubic resample."""
+    if grid_h == built_h and grid_w == built_w:
+        return pos_embed
+    return resample_abs_pos_embed(pos_embed, [grid_h, grid_w], [built_h, built_w],
+                                  num_prefix_tokens=num_prefix_tokens, verbose=False)
+
+
 class IsotropicBackbone(ZooModel):
     """patch_embed -> [cls token, pos embed] -> blocks -> norm -> head, for ViT-like models.
 
@@ -450,14 +461,26 @@ class IsotropicBackbone(ZooModel):
             num_prefix_tokens: int,
             reduction: int,
             fixed_input_size: tuple[int, int] | None = None,
+            dynamic_img_size: bool = False,
+            dynamic_img_pad: bool = False,
     ) -> None:
+        """`dynamic_img_size` / `dynamic_img_pad`: timm's ViT options. Dynamic size: the absolute position
+        embedding is resampled (bicubic, timm's `resample_abs_pos_embed`) for every input whose patch grid
+        is not the built one, so any multiple of `reduction` works (it overrides `fixed_input_size`); with
+        dynamic pad too, the patch embed pads the image right/bottom to the next multiple (the grid is
+        `ceil(H / reduction)`), so any size works. `self.patch_embed` must pad the same way (timm's
+        PatchEmbed(dynamic_img_pad=True)). Neither: the image must be `fixed_input_size` (if set)."""
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = int(embed_dim)
         self.num_prefix_tokens = num_prefix_tokens
-        self.fixed_input_size = fixed_input_size
-        self.input_divisor = max(self.input_divisor, reduction)
+        self.patch_reduction = int(reduction)
+        self.dynamic_img_size = bool(dynamic_img_size)
+        self.dynamic_img_pad = bool(dynamic_img_pad) and self.dynamic_img_size
+        self.fixed_input_size = None if self.dynamic_img_size else fixed_input_size
+        if not self.dynamic_img_pad:
+            self.input_divisor = max(self.input_divisor, reduction)
         self.feature_info = [
             dict(num_chs=int(embed_dim), reduction=reduction, module=f"blocks.{i}") for i in range(len(self.blocks))
         ]
@@ -488,17 +511,30 @@ class IsotropicBackbone(ZooModel):
             blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
         )
 
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+    def _pos_embed(self, x: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
         if getattr(self, "cls_token", None) is not None:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         if getattr(self, "pos_embed", None) is not None:
-            x = x + self.pos_embed
+            pos = self.pos_embed
+            if grid is not None:
+                built = self.patch_embed.grid_size
+                pos = resample_pos_embed_for_grid(pos, grid[0], grid[1], built[0], built[1], self.num_prefix_tokens)
+            x = x + pos
         return self.pos_drop(x)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             self.check_input(x)
+        if self.dynamic_img_size:
+            return self._pos_embed(self.patch_embed(x), self.token_grid(x))
         return self._pos_embed(self.patch_embed(x))
+
+    def token_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """The patch grid of image batch `x` (rounded up when the patch embed pads)."""
+        p = self.patch_reduction
+        if self.dynamic_img_pad:
+            return (x.shape[-2] + p - 1) // p, (x.shape[-1] + p - 1) // p
+        return x.shape[-2] // p, x.shape[-1] // p
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.embed(x)
@@ -532,7 +568,7 @@ class IsotropicBackbone(ZooModel):
         if output_fmt not in ("NCHW", "NHWC", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        grid = (x.shape[-2] // self.input_divisor, x.shape[-1] // self.input_divisor)
+        grid = self.token_grid(x)
         x = self.embed(x)
         blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
         tracker = _DenseTokens(x, self.num_prefix_tokens, grid) if output_fmt != "NLC" and any(
@@ -574,12 +610,38 @@ class IsotropicBackbone(ZooModel):
         return take_indices
 
 
+def _unflatten_timm_feature_keys(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """`load_state_dict` pre-hook: take the `state_dict()` of timm's twin `features_only` model.
+
+    timm's FeatureListNet (MetaFormer, EfficientViT-M, SHViT) flattens the model's first-level
+    `nn.Sequential`s into itself: `stages.0.x` is saved as `stages_0.x`, `patch_embed.conv1.x` as
+    `patch_embed_conv1.x`, and there is no `model.` prefix. Such keys are turned back into the
+    wrapped model's classification layout under `model.`; the model's own pre-hook
+    (`_adapt_foreign_layout`) then renames timm's layout to the zoo's, as for any timm checkpoint.
+    """
+    inner = prefix + "model."
+    keys = [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]
+    if not keys:
+        return
+    own_top = {k.split(".", 1)[0] for k in module.model.state_dict()}
+    for k in keys:
+        first, _, rest = k[len(prefix):].partition(".")
+        if first not in own_top and "_" in first:  # a flattened Sequential child: split at the last '_'
+            first = ".".join(first.rsplit("_", 1))
+        state_dict[inner + first + ("." + rest if rest else "")] = state_dict.pop(k)
+
+
 class ZooFeatureGetterNet(FeatureGetterNet):
     """timm's FeatureGetterNet with `set_grad_checkpointing`, as timm's FeatureListNet has.
 
     Detection / segmentation pipelines call it on the backbone they get from `features_only=True`;
-    the wrapped model checkpoints inside `forward_intermediates`.
+    the wrapped model checkpoints inside `forward_intermediates`. Its `load_state_dict` also takes
+    the state dict of timm's twin `features_only` model (timm's FeatureListNet key layout).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_load_state_dict_pre_hook(_unflatten_timm_feature_keys)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

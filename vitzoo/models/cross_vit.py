@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import calculate_drop_path_rates, to_2tuple, trunc_normal_
+from timm.layers import calculate_drop_path_rates, register_notrace_function, to_2tuple, trunc_normal_
 from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 from torch.utils.checkpoint import checkpoint
@@ -175,13 +175,12 @@ class BranchHeads(nn.Module):
         return torch.stack(logits).mean(dim=0)
 
 
-def _scale_image(x: torch.Tensor, in_size: Tuple[int, int], size: Tuple[int, int], crop: bool) -> torch.Tensor:
-    """The branch's view of an `in_size` image: unchanged, centre-cropped (`crop`) or bicubically resized.
-
-    The choice depends on the sizes the model was built for, never on `x.shape`, so FX traces it
-    (the model checks that the image has `in_size`).
-    """
-    H, W = in_size
+@register_notrace_function  # branches on the input's shape: an FX leaf, as timm's `scale_image`
+def _scale_image(x: torch.Tensor, size: Tuple[int, int], crop: bool) -> torch.Tensor:
+    """The branch's view of the image: unchanged at the branch's size, else centre-cropped (`crop`,
+    when the image is at least that large) or bicubically resized to it - timm's rule, so any input
+    size works and every branch always sees its built size (its position-embedding grid)."""
+    H, W = x.shape[-2], x.shape[-1]
     if H == size[0] and W == size[1]:
         return x
     if crop and size[0] <= H and size[1] <= W:
@@ -194,7 +193,9 @@ class CrossViT(ZooModel):
     """Two-branch CrossViT (timm's `CrossVit`, same parameter names but `token_mixer` / `head.fc`).
 
     Args:
-        img_size: the input size (the small-patch branch's); must be exact (absolute pos embeds).
+        img_size: the size the branches are built for; branch b sees the image resized (or, with
+            `crop_scale`, centre-cropped) to `img_size * img_scale[b]`, whatever the input size (timm's
+            rule: any input of at least 1x1 works; features always have the built grids).
         img_scale: per branch, the factor its view of the image is resized by (timm: (1, 224/240)).
         patch_size, embed_dim, num_heads: per branch.
         depth: per multi-scale block, (branch-0 blocks, branch-1 blocks, fusion depth).
@@ -295,13 +296,6 @@ class CrossViT(ZooModel):
         """Keep rate of every reorganising block (the warm-up schedule sets it); None: back to the target."""
         set_keep_rate(self, rate)
 
-    def check_img_size(self, height: int, width: int) -> None:
-        if (height, width) != self.img_size:
-            h, w = self.img_size
-            raise ValueError(
-                f"CrossViT was built for {h}x{w} images (its position embeddings have that grid), got "
-                f"{height}x{width}; create it with img_size=({height}, {width})")
-
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
@@ -312,7 +306,7 @@ class CrossViT(ZooModel):
             self.check_input(x)
         xs: List[torch.Tensor] = []
         for b, patch_embed in enumerate(self.patch_embed):
-            t = patch_embed(_scale_image(x, self.img_size, self.img_size_scaled[b], self.crop_scale))
+            t = patch_embed(_scale_image(x, self.img_size_scaled[b], self.crop_scale))
             # two branches (checked at build); named explicitly for TorchScript (no getattr by name)
             cls = self.cls_token_0 if b == 0 else self.cls_token_1
             pos = self.pos_embed_0 if b == 0 else self.pos_embed_1

@@ -42,6 +42,12 @@ class EViT(IsotropicBackbone):
         token_reorg_locs: 0-based indices of the reorganising blocks (official (3, 6, 9)).
         drop_rate: dropout before the classifier; pos_drop_rate: after the position embedding;
         proj_drop_rate / attn_drop_rate: in the blocks; drop_path_rate: stochastic depth (linear decay).
+        dynamic_img_size, dynamic_img_pad: timm ViT's options of these names, both on by default here:
+            the position embedding is resampled (bicubic) for every input whose patch grid differs from
+            `img_size`'s, and the image is zero-padded right/bottom to a multiple of the patch size, so
+            any image size works (a feature map of ceil(H / 16) x ceil(W / 16)); at `img_size` nothing
+            is resampled or padded. dynamic_img_pad=False: multiples of 16 only; dynamic_img_size=False:
+            only `img_size` images, as timm's default DeiT.
     """
 
     no_weight_decay_keys = ("cls_token", "pos_embed")
@@ -66,11 +72,14 @@ class EViT(IsotropicBackbone):
             proj_drop_rate: float = 0.0,
             attn_drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
+            dynamic_img_size: bool = True,
+            dynamic_img_pad: bool = True,
     ) -> None:
         super().__init__()
         img_size = to_2tuple(img_size)
         locs = check_reorg_locs(token_reorg_locs, depth)
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=not dynamic_img_size,
+                                      dynamic_img_pad=dynamic_img_size and dynamic_img_pad)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
@@ -89,7 +98,8 @@ class EViT(IsotropicBackbone):
         self.fuse_token = bool(fuse_token)
         self.init_contract(in_chans=in_chans, num_classes=num_classes, global_pool=global_pool,
                            embed_dim=embed_dim, num_prefix_tokens=1, reduction=patch_size,
-                           fixed_input_size=img_size)
+                           fixed_input_size=img_size, dynamic_img_size=dynamic_img_size,
+                           dynamic_img_pad=dynamic_img_pad)
         trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=1e-6)
         self.apply(init_linear_layernorm)

@@ -78,7 +78,8 @@ class MetaFormer(HierarchicalBackbone):
         mlp_ratio: block MLP hidden width / dim.
         drop_path_rate: stochastic depth, increasing stage by stage.
         proj_drop_rate: dropout in MLPs and the attention projection.
-        drop_rate: dropout before the classifier.
+        drop_rate: head dropout: before the MLP head's hidden layer (timm) or before its last linear
+            (official, `official_head=True`); before the classifier in a plain linear head.
         layer_scale_init_values: per stage (or one): layer-scale init, None for no layer scale.
         res_scale_init_values: per stage (or one): residual-scale init, None for none.
         downsample_norm: norm after the stem conv and before each downsample conv (None: none).
@@ -161,6 +162,10 @@ class MetaFormer(HierarchicalBackbone):
             in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, dims=dims,
             reductions=[2 ** (i + 2) for i in range(num_stages)], head_hidden_size=hidden,
         )
+        # timm's rule: the strided convs round up, so any image works that the 7x7/4 stem (padding 2)
+        # takes - at least 3x3 (e.g. 250x333 -> maps of 62x83, 31x42, 16x21, 8x11, as timm's)
+        self.input_divisor = 1
+        self.min_input_size = 3
         if not self.head.norm.weight.is_meta:  # nothing to initialise on 'meta' (and it is slow there)
             self._init_family_weights()
         #: PoolFormer v1 (GroupNorm blocks with bias, no MLP head): the official head norms the map first
@@ -175,7 +180,10 @@ class MetaFormer(HierarchicalBackbone):
 
         PoolFormer v1 official: GroupNorm(1, eps 1e-5) on the last feature map (`self.norm`), then
         average, then fc; timm: average, then LayerNorm (eps 1e-6). ConvFormer/CAFormer official:
-        the MLP head's LayerNorm has eps 1e-5; timm: 1e-6. PoolFormer v2: the two agree.
+        the MLP head's LayerNorm has eps 1e-5 (timm: 1e-6) and the head dropout (`drop_rate`, the
+        official `head_dropout`) sits between the hidden layer's norm and the last linear
+        (sail-sg/metaformer `MlpHead`: fc1 -> act -> norm -> head_dropout -> fc2); timm's sits before
+        the hidden layer. PoolFormer v2: the two agree (no MLP head).
         """
         enable = bool(enable)
         if enable == self.official_head:
@@ -192,6 +200,7 @@ class MetaFormer(HierarchicalBackbone):
             self.norm, self.head.norm = (dst, nn.Identity()) if enable else (nn.Identity(), dst)
         elif self.head.hidden_size and isinstance(self.head.pre_logits, nn.Sequential):
             self.head.pre_logits.norm.eps = 1e-5 if enable else 1e-6
+            self.head.drop_after_hidden = enable
         self.official_head = enable
 
     def _init_family_weights(self) -> None:

@@ -32,10 +32,13 @@ Where this differs from the official code, and why:
   Here forward is the same in train and eval mode (the official eval output
   `head(cls) + 0.5 * max(aux_head(tokens))`), so any classification loss trains it; MixToken
   belongs in a training script.
-* Other input sizes. Both models take any size divisible by their stride (16 / 32): the spectral
-  filters are bicubically resized (align_corners=True, the official fine-tuning rule) and the
-  vanilla position embedding bicubically resampled, on the fly; at the built size nothing is
-  resized. `checkpoint_filter_fn` applies the same resizing to checkpoints of another size.
+* Other input sizes (timm has no SpectFormer and the official code no dense-prediction backbone,
+  so these rules are ours). Both models take any image size: the vanilla patch embed zero-pads the
+  image right/bottom to a multiple of 16 (timm ViT's `dynamic_img_pad`; map ceil(H/16) x ceil(W/16)),
+  SpectFormer-H's strided convs round up (map ceil(H/4) ... ceil(H/32)); the spectral filters are
+  bicubically resized to each grid (align_corners=True, the official fine-tuning rule) and the
+  vanilla position embedding bicubically resampled, on the fly. At the built size nothing is padded
+  or resized. `checkpoint_filter_fn` applies the same resizing to checkpoints of another size.
 * fp16/bf16: the FFT runs in float32 and is cast back (the official mixer returns float32).
 * EViT token reorganisation (off by default; not in the official code): `token_reorg_locs`
   switches the shared ViT block's `token_reorg` on for those attention blocks (indices >=
@@ -303,7 +306,8 @@ class SpectFormer(IsotropicBackbone):
             raise ValueError(f"SpectFormer has no class token: global_pool must be 'avg' or '', got {global_pool!r}")
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         self.num_spectral_layers = num_spectral_layers
-        self.patch_embed = PatchEmbed(to_2tuple(img_size), patch_size, in_chans, embed_dim, strict_img_size=False)
+        self.patch_embed = PatchEmbed(to_2tuple(img_size), patch_size, in_chans, embed_dim, strict_img_size=False,
+                                      dynamic_img_pad=True)
         grid = self.patch_embed.grid_size
         self.cls_token = None
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], embed_dim))
@@ -320,7 +324,8 @@ class SpectFormer(IsotropicBackbone):
         self.norm = norm_layer(embed_dim)
         self.head = TokenHead(embed_dim, num_classes, global_pool, num_prefix_tokens=0, drop_rate=drop_rate)
         self.init_contract(in_chans=in_chans, num_classes=num_classes, global_pool=global_pool,
-                           embed_dim=embed_dim, num_prefix_tokens=0, reduction=patch_size)
+                           embed_dim=embed_dim, num_prefix_tokens=0, reduction=patch_size,
+                           dynamic_img_size=True, dynamic_img_pad=True)
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(init_linear_layernorm)
 
@@ -332,8 +337,7 @@ class SpectFormer(IsotropicBackbone):
         """Patch tokens + position embedding (resampled when the grid is not the built one)."""
         if not torch.jit.is_scripting():
             self.check_input(x)
-        p = self.patch_embed.patch_size
-        grid_h, grid_w = x.shape[-2] // p[0], x.shape[-1] // p[1]
+        grid_h, grid_w = self.token_grid(x)
         x = self.patch_embed(x)
         built = self.patch_embed.grid_size
         pos = pos_embed_for_grid(self.pos_embed, grid_h, grid_w, built[0], built[1])
@@ -355,10 +359,9 @@ class SpectFormer(IsotropicBackbone):
         Per token both layouts compute the same; the map carries the grid to the spectral filters
         without state, so TorchScript and FX see plain tensor code.
         """
-        H, W = x.shape[-2], x.shape[-1]
-        p = self.patch_embed.patch_size
+        grid_h, grid_w = self.token_grid(x)
         x = self.embed(x)
-        x = x.reshape(x.shape[0], H // p[0], W // p[1], x.shape[-1])
+        x = x.reshape(x.shape[0], grid_h, grid_w, x.shape[-1])
         for i, blk in enumerate(self.blocks):
             if i == self.num_spectral_layers:
                 x = x.flatten(1, 2)
@@ -434,6 +437,7 @@ class SpectFormerH(HierarchicalBackbone):
                                        pool_type=global_pool, aux_head=aux_head, drop_rate=drop_rate)
         self.init_contract(in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, dims=embed_dims,
                            reductions=[4 * 2 ** i for i in range(len(embed_dims))])
+        self.input_divisor = 1  # the strided convs round up: any size from `min_input_size` on
         self._init_family_weights()
 
     def _init_family_weights(self) -> None:
