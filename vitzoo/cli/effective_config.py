@@ -266,7 +266,11 @@ def print_config(args: argparse.Namespace) -> dict:
     """`--print-config`: print the effective settings to stdout; the dict is what `train` returns."""
     e = effective(args)
     if os.environ.get('RANK', '0') == '0':  # under torchrun: one copy, not one per process
-        print(format_effective(e, args.config, official_rows(e)))
+        import sys
+        try:
+            print(format_effective(e, args.config, official_rows(e)), flush=True)
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            sys.stdout = open(os.devnull, 'w')
     return dict(output_dir=None, effective=dict(e))
 
 
