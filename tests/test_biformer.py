@@ -216,8 +216,8 @@ def test_tiny_forward_backward_and_intermediates_on_padded_sizes():
 
 def test_image_sizes_the_model_refuses_are_named():
     m = _tiny()
-    with pytest.raises(ValueError, match=r"divisible by 32, got 100x96"):
-        m(torch.randn(1, 3, 100, 96))
+    with pytest.raises(ValueError, match=r"at least 32x32, got 100x31"):  # any size from 32 px (issue 17)
+        m(torch.randn(1, 3, 100, 31))
     with pytest.raises(ValueError, match="3 input channels"):
         m(torch.randn(1, 1, 64, 64))
 

@@ -206,15 +206,20 @@ def test_zoo_only_variants_param_count(name):
 
 
 # ---- contract -------------------------------------------------------------------------------------
-def test_features_only_returns_nchw_maps():
+def test_features_only_returns_nhwc_maps_like_timm_and_nchw_with_getter():
     f = timm.create_model("vitzoo_swin_tiny_patch4_window7_224", features_only=True, img_size=64).eval()
+    g = timm.create_model("vitzoo_swin_tiny_patch4_window7_224", features_only=True, img_size=64,
+                          feature_cls="getter").eval()
+    g.load_state_dict(f.state_dict())
+    x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        maps = f(torch.randn(1, 3, 64, 64))
+        maps, nchw = f(x), g(x)
     assert len(maps) == 4
     assert f.feature_info.channels() == [96, 192, 384, 768]
     assert f.feature_info.reduction() == [4, 8, 16, 32]
-    for fm, c, r in zip(maps, f.feature_info.channels(), f.feature_info.reduction()):
-        assert fm.shape == (1, c, 64 // r, 64 // r)
+    for fm, fc, c, r in zip(maps, nchw, f.feature_info.channels(), f.feature_info.reduction()):
+        assert fm.shape == (1, 64 // r, 64 // r, c)
+        assert torch.equal(fc, fm.permute(0, 3, 1, 2))
 
 
 def test_grad_checkpointing_backward_matches():
@@ -243,8 +248,10 @@ def test_prune_intermediate_layers_like_timm():
 
 def test_bad_inputs_raise_value_errors():
     m = SwinTransformer(img_size=64, **SMALL)
-    with pytest.raises(ValueError, match="built for 64x64"):
-        m(torch.randn(1, 3, 96, 64))
+    with pytest.raises(ValueError, match="at least 32x32, got 31x64"):
+        m(torch.randn(1, 3, 31, 64))
+    with pytest.raises(ValueError, match="multiples of the patch size"):
+        SwinTransformer(img_size=64, dynamic_img_size=True, **SMALL)(torch.randn(1, 3, 66, 64))
     with pytest.raises(ValueError, match="3 input channels"):
         m(torch.randn(1, 1, 64, 64))
     with pytest.raises(ValueError, match="num_heads"):

@@ -10,6 +10,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -18,6 +20,17 @@ def _check_layout(layout: str) -> str:
     if layout not in ("NCHW", "NHWC"):
         raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
     return layout
+
+
+@register_notrace_function  # reason: pads only sizes that are not multiples, a branch on the size (FX leaf)
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad an NCHW image at the bottom / right to height and width multiples of `multiple`
+    (unchanged when they are): what the official dense backbones' patch embeddings do."""
+    H, W = x.shape[-2], x.shape[-1]
+    pad_h, pad_w = (multiple - H % multiple) % multiple, (multiple - W % multiple) % multiple
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+    return x
 
 
 class ConvNormDownsample(nn.Module):
@@ -63,6 +76,8 @@ class ConvStem(nn.Module):
 
     `channels` lists the output channels of each conv; each conv has `kernel_size`, `stride`
     and padding `kernel_size // 2`. The output is in `layout`, normed by `norm` in that layout.
+    `pad_input=True` first zero-pads the image at the bottom / right to a multiple of the total
+    stride (a patchify stem then sees every pixel, as the official dense backbones' PatchEmbed).
     """
 
     def __init__(
@@ -75,9 +90,11 @@ class ConvStem(nn.Module):
             act_layer: Callable[[], nn.Module] | None = None,
             norm: NormFactory | None = None,
             layout: str = "NHWC",
+            pad_input: bool = False,
     ) -> None:
         super().__init__()
         self.layout = _check_layout(layout)
+        self.pad_input = pad_input
         padding = kernel_size // 2 if padding is None else padding
         layers: list[nn.Module] = []
         prev = in_chs
@@ -91,6 +108,8 @@ class ConvStem(nn.Module):
         self.reduction = stride ** len(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad_input:
+            x = pad_to_multiple(x, self.reduction)
         x = self.proj(x)
         if self.layout == "NHWC":
             x = x.permute(0, 2, 3, 1)

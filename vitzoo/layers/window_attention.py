@@ -16,6 +16,15 @@ Two paths give the same outputs:
   qkv -> SDPA with bias (+ mask) -> proj -> merge -> crop -> roll back; the attention math is
   the function `window_attention`.
 
+Two window rules (`dense_rule`, set by the model per input):
+* built rule (default): timm's / the official classification model's, with the window and shift
+  the model built for its `img_size` (a side no larger than the window is not shifted).
+* dense rule (`dense_rule = True`): the official detection / segmentation backbone's
+  (Swin-Transformer-Object-Detection `SwinTransformerBlock`): pad the map to window multiples,
+  then roll the *padded* map by `dense_shift_size` (window // 2 in every shifted block, never
+  clamped) and build the shift mask for the padded map. The fused op takes the padded map as the
+  rolled map (`map_size = padded size`), which is exactly that rule.
+
 TorchScript compiles the reference forward (the mask is then rebuilt per call instead of cached).
 FX treats the mixer as a leaf (`register_notrace_module`): its padding and mask cache depend on the
 map size.
@@ -103,6 +112,8 @@ class ShiftedWindowAttention(nn.Module):
         head_dim: channels per head (default dim // num_heads).
         qkv_bias: bias in the qkv projection.
         attn_drop, proj_drop: dropout rates.
+        dense_shift_size: the shift under the dense rule (default `shift_size`); Swin passes
+            window // 2 for every second block, also where the built shift was clamped to 0.
 
     Parameter/buffer names follow timm: `qkv`, `proj`, `relative_position_bias_table` and the
     non-persistent `relative_position_index`. Shift masks are built once per padded map size and
@@ -121,6 +132,7 @@ class ShiftedWindowAttention(nn.Module):
             qkv_bias: bool = True,
             attn_drop: float = 0.0,
             proj_drop: float = 0.0,
+            dense_shift_size: Optional[Union[int, Tuple[int, int]]] = None,
     ) -> None:
         super().__init__()
         if head_dim is None:
@@ -133,6 +145,8 @@ class ShiftedWindowAttention(nn.Module):
         self.scale = head_dim ** -0.5
         self.window_size = to_2tuple(window_size)
         self.shift_size = to_2tuple(shift_size)
+        self.dense_shift_size = to_2tuple(shift_size if dense_shift_size is None else dense_shift_size)
+        self.dense_rule = False
         self._check_window()
         wh, ww = self.window_size
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
@@ -148,16 +162,19 @@ class ShiftedWindowAttention(nn.Module):
     def _check_window(self) -> None:
         if any(w < 1 for w in self.window_size):
             raise ValueError(f"window_size must be positive, got {self.window_size}")
-        if any(not 0 <= s < w for s, w in zip(self.shift_size, self.window_size)):
-            raise ValueError(f"shift_size {self.shift_size} must lie in [0, window_size {self.window_size})")
+        for name, shift in (("shift_size", self.shift_size), ("dense_shift_size", self.dense_shift_size)):
+            if any(not 0 <= s < w for s, w in zip(shift, self.window_size)):
+                raise ValueError(f"{name} {shift} must lie in [0, window_size {self.window_size})")
 
     @torch.jit.ignore
     def set_window_size(
-            self, window_size: Union[int, Tuple[int, int]], shift_size: Union[int, Tuple[int, int]]) -> None:
-        """Change the window (interpolating the bias table like timm) and the shift."""
+            self, window_size: Union[int, Tuple[int, int]], shift_size: Union[int, Tuple[int, int]],
+            dense_shift_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
+        """Change the window (interpolating the bias table like timm) and the shifts."""
         window_size, shift_size = to_2tuple(window_size), to_2tuple(shift_size)
         old = self.window_size
         self.window_size, self.shift_size = window_size, shift_size
+        self.dense_shift_size = to_2tuple(shift_size if dense_shift_size is None else dense_shift_size)
         self._check_window()
         self._masks.clear()
         if window_size == old:
@@ -172,16 +189,17 @@ class ShiftedWindowAttention(nn.Module):
         self.register_buffer(
             "relative_position_index", relative_position_index(wh, ww, device=table.device), persistent=False)
 
-    def shift_mask(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
-        """The cached `[nW, N, N]` shift mask for a padded `height x width` map (built afresh under TorchScript)."""
+    def shift_mask(self, height: int, width: int, shift: Tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+        """The cached `[nW, N, N]` mask for a padded `height x width` map rolled by `shift`
+        (built afresh under TorchScript)."""
         if torch.jit.is_scripting():
-            return shifted_window_mask(height, width, self.window_size, self.shift_size, like.device, like.dtype)
-        key = (height, width, like.device, like.dtype)
+            return shifted_window_mask(height, width, self.window_size, shift, like.device, like.dtype)
+        key = (height, width, shift, like.device, like.dtype)
         mask = self._masks.get(key)
         if mask is None:
             if len(self._masks) >= _MASK_CACHE_SIZE:
                 self._masks.clear()
-            mask = shifted_window_mask(height, width, self.window_size, self.shift_size, like.device, like.dtype)
+            mask = shifted_window_mask(height, width, self.window_size, shift, like.device, like.dtype)
             self._masks[key] = mask
         return mask
 
@@ -198,15 +216,22 @@ class ShiftedWindowAttention(nn.Module):
 
     @torch.jit.unused
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        """Pad -> qkv -> fused window attention (reads and writes in place order) -> crop -> proj."""
+        """Pad -> qkv -> fused window attention (reads and writes in place order) -> crop -> proj.
+
+        The op rolls its `map_size` region: the unpadded map (built rule, timm's roll-then-pad) or
+        the whole padded map (dense rule, the official detection backbone's pad-then-roll)."""
         B, H, W, C = x.shape
         wh, ww = self.window_size
         pad_h, pad_w = (wh - H % wh) % wh, (ww - W % ww) % ww
         if pad_h or pad_w:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # padded tokens become the qkv bias, as in timm
-        qkv = self.qkv(x).reshape(B, H + pad_h, W + pad_w, 3, self.num_heads, self.head_dim)
+        Hp, Wp = H + pad_h, W + pad_w
+        qkv = self.qkv(x).reshape(B, Hp, Wp, 3, self.num_heads, self.head_dim)
         bias = relative_position_bias(self.relative_position_bias_table, self.relative_position_index)
-        out = fused_window_attention(qkv, bias, self.window_size, self.shift_size, (H, W), self.scale)
+        if self.dense_rule:
+            out = fused_window_attention(qkv, bias, self.window_size, self.dense_shift_size, (Hp, Wp), self.scale)
+        else:
+            out = fused_window_attention(qkv, bias, self.window_size, self.shift_size, (H, W), self.scale)
         if pad_h or pad_w:
             out = out[:, :H, :W]
         return self.proj_drop(self.proj(out.reshape(B, H, W, -1)))
@@ -217,30 +242,36 @@ class ShiftedWindowAttention(nn.Module):
                 return self.forward_fused(x)
         B, H, W, C = x.shape
         wh, ww = self.window_size
-        sh, sw = self.shift_size
+        dense = self.dense_rule
+        shift = self.dense_shift_size if dense else self.shift_size
+        sh, sw = shift
         has_shift = sh > 0 or sw > 0
-        if has_shift:
+        if has_shift and not dense:  # built rule (timm): roll the map, then pad
             x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
         pad_h, pad_w = (wh - H % wh) % wh, (ww - W % ww) % ww
         if pad_h or pad_w:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         Hp, Wp = H + pad_h, W + pad_w
+        if has_shift and dense:  # dense rule (official detection backbone): pad, then roll the padded map
+            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
 
         windows = window_partition(x, self.window_size)  # [B*nW, N, C]
         Bw, N, _ = windows.shape
         q, k, v = self.qkv(windows).reshape(Bw, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         bias = relative_position_bias(self.relative_position_bias_table, self.relative_position_index)
-        mask = self.shift_mask(Hp, Wp, x) if has_shift else None
+        mask = self.shift_mask(Hp, Wp, shift, x) if has_shift else None
         out = window_attention(q, k, v, bias, mask, self.scale, self.attn_drop if self.training else 0.0)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(Bw, N, -1)))
 
         x = window_reverse(out, self.window_size, Hp, Wp)
+        if has_shift and dense:
+            x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
         if pad_h or pad_w:
             x = x[:, :H, :W].contiguous()
-        if has_shift:
+        if has_shift and not dense:
             x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
         return x
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}, "
-                f"shift_size={self.shift_size}")
+                f"shift_size={self.shift_size}, dense_shift_size={self.dense_shift_size}")

@@ -11,6 +11,16 @@ NCHW maps, a 3x3/s2 conv + BN opening stages 2-4 -> BatchNorm2d -> avg pool -> L
 head_dim 32); stage 4 with plain attention over the map (8 heads, no qkv bias) plus LePE.
 BiFormer-STL (Swin-Tiny layout): 4x4/s4 conv + BN stem, BN + 2x2/s2 conv downsamplers, no
 pos_embed conv, MLP ratio 4.
+
+Input sizes: any image of at least 32x32, as the official dense backbones (`BiFormer_mm` in
+`object_detection/models_mm/biformer_mm.py` and `semantic_segmentation/models_mm/biformer_mm.py`,
+built with `auto_pad=True`): the 3x3 stride-2 convs give ceil(H/2) per step, and each routed
+mixer pads its map at the bottom / right to a multiple of `n_win` and crops back. Stage i of an
+H x W image is ceil(H / 2^(i+2)) x ceil(W / 2^(i+2)). BiFormer-STL's kernel-equals-stride convs
+(4x4/4 stem, 2x2/2 downsamplers; no official dense backbone) floor instead: floor(H/4), then
+halved and floored per stage. Those dense backbones use `n_win=16` (COCO) or `n_win=8` (ADE20K);
+pass it as `n_win=`. `feature_norms=True` adds their per-output norms (`extra_norms.0..3`,
+LayerNorm2d eps 1e-6), so their checkpoints' `backbone.*` loads and gives their maps.
 """
 from __future__ import annotations
 
@@ -21,13 +31,14 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, Mlp
+from timm.layers import ClassifierHead, LayerNorm2d, Mlp
 from timm.models import generate_default_cfgs
 
 from vitzoo.layers import ConvNormDownsample, MetaFormerBlock, Stage
 from vitzoo.layers.routing_attention import AttentionLePE, BiLevelRoutingAttention
 
 from ._base import HierarchicalBackbone, build_zoo_model
+from ._dense import FeatureNormsMixin, dense_backbone_weights, take_feature_norms
 from ._init import init_linear_layernorm
 from ._registry import register_model
 from .nat import unwrap_state_dict
@@ -70,7 +81,7 @@ def _per_stage(value: int | Sequence[int], num_stages: int, name: str) -> list[i
     return values
 
 
-class BiFormer(HierarchicalBackbone):
+class BiFormer(FeatureNormsMixin, HierarchicalBackbone):
     """BiFormer / BiFormer-STL: stem -> 4 stages of routed-attention blocks -> BatchNorm2d -> head.
 
     Args:
@@ -89,9 +100,12 @@ class BiFormer(HierarchicalBackbone):
         downsample_type: 'conv' (3x3/s2 conv + BN) or 'norm_conv' (BN + 2x2/s2 conv, STL).
         drop_rate: dropout before the classifier; proj_drop_rate: after the mixers' output
             projections and in the MLP; drop_path_rate: stochastic depth (linear over blocks).
+        feature_norms: a LayerNorm2d (eps 1e-6) per stage output in `forward_intermediates` /
+            `features_only` (the official dense backbones' `extra_norms`).
     """
 
     output_fmt = "NCHW"
+    min_input_size = 32
 
     def __init__(
             self,
@@ -116,6 +130,7 @@ class BiFormer(HierarchicalBackbone):
             proj_drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
             act_layer: Callable[[], nn.Module] = nn.GELU,
+            feature_norms: bool = False,
     ) -> None:
         super().__init__()
         num_stages = len(depths)
@@ -168,8 +183,10 @@ class BiFormer(HierarchicalBackbone):
         self.stages = nn.Sequential(*stages)
         self.norm = bn(dims[-1])
         self.head = ClassifierHead(dims[-1], num_classes, global_pool, drop_rate=drop_rate, input_fmt="NCHW")
+        self.init_feature_norms(feature_norms, dims, LayerNorm2d)  # timm's LayerNorm2d: eps 1e-6, as official
         self.init_contract(in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, dims=dims,
                            reductions=[4 * 2 ** i for i in range(num_stages)])
+        self.input_divisor = 1  # any size: strided convs, routed mixers pad to a multiple of n_win
         self.apply(init_linear_layernorm)
 
 
@@ -192,11 +209,14 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[s
     `stages.i.j.*` (STL: `stages.i.blocks.j.*`) -> `stages.i.blocks.j.*` with `attn` -> `token_mixer`,
     `attn.qkv.qkv` -> `token_mixer.qkv`, `mlp.0`/`mlp.3` (STL `mlp.2`) -> `mlp.fc1`/`mlp.fc2`;
     `norm` (BatchNorm2d) unchanged; `head` -> `head.fc`. A state dict already in our layout is
-    returned unchanged.
+    returned unchanged. Checkpoints of the official dense backbones (`BiFormer_mm`, saved by
+    mmdet / mmseg): the `backbone.` keys only, `extra_norms.i` -> `feature_norms.i` (the model needs
+    `feature_norms=True`).
     """
-    state_dict = unwrap_state_dict(state_dict)
+    state_dict = dense_backbone_weights(unwrap_state_dict(state_dict))
     if not any(k.startswith("downsample_layers.") for k in state_dict):
         return state_dict
+    state_dict = take_feature_norms(state_dict, r"^extra_norms\.(\d+)\.", model)
     two_conv_stem = "downsample_layers.0.3.weight" in state_dict
     bn_first = {  # per downsample layer, whether index 0 is the BatchNorm (STL) or the conv
         m.group(1) for k in state_dict for m in [re.match(r"^downsample_layers\.(\d+)\.0\.running_mean$", k)] if m}

@@ -4,7 +4,9 @@ From "Dilated Neighborhood Attention Transformer" (https://arxiv.org/abs/2209.15
 code `classification/dinats.py` in https://github.com/SHI-Labs/Neighborhood-Attention-Transformer:
 4x4 patchify + LayerNorm, Swin-T/S/B/L depths and widths, mlp_ratio 4, no layer scale, NA where
 Swin has window attention and dilated NA where Swin shifts, Swin's PatchMerging between stages.
-It is the `NAT` model with `stem_type='patch'` and `downsample_type='merge'`.
+It is the `NAT` model with `stem_type='patch'` and `downsample_type='merge'`, so it takes any
+image of at least 32x32 as the official `detection/dinats.py` backbone does (see `nat.py`), and
+`feature_norms=True` adds that backbone's per-output norms `norm0..norm3`.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs
 
 from ._base import build_zoo_model
+from ._dense import dense_backbone_weights, take_feature_norms
 from ._registry import register_model
 from .nat import NAT, _cfg, _rename_block, dinat_dilations, unwrap_state_dict
 
@@ -28,11 +31,14 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[s
     `patch_embed.proj` / `patch_embed.norm` -> `stem.proj.0` / `stem.norm`;
     `layers.i.blocks.j.attn.*` -> `stages.i.blocks.j.token_mixer.*`;
     `layers.i.downsample.{reduction, norm}` (PatchMerging, end of level i) -> `stages.{i+1}.downsample.*`;
-    `head` -> `head.fc`. A state dict already in our layout is returned unchanged.
+    `head` -> `head.fc`. Official detection / segmentation checkpoints (`detection/dinats.py`): the
+    `backbone.` keys only, `norm{i}` -> `feature_norms.{i}` (the model needs `feature_norms=True`).
+    A state dict already in our layout is returned unchanged.
     """
-    state_dict = unwrap_state_dict(state_dict)
+    state_dict = dense_backbone_weights(unwrap_state_dict(state_dict))
     if any(k.startswith("stages.") for k in state_dict):
         return state_dict
+    state_dict = take_feature_norms(state_dict, r"^norm(\d+)\.", model)
     out = {}
     for k, v in state_dict.items():
         k = re.sub(r"^patch_embed\.proj\.", "stem.proj.0.", k)

@@ -10,6 +10,15 @@ stages -> LayerNorm -> avg pool -> Linear. DiNAT is NAT with a per-block dilatio
 (1 / 8,4,2,1 alternating at 224). The official model downsamples at the *end* of level i; here the
 downsampler opens stage i+1 (the same computation); `checkpoint_filter_fn` moves the weights.
 DiNAT-s (Swin layout) and the isotropic variants reuse `nat_block` from here.
+
+Input sizes: any image of at least 32x32, as the official detection / segmentation backbones
+(`detection/nat.py`, `dinat.py`, `dinats.py` and their `segmentation/` twins): the 3x3 stride-2
+convs give ceil(H/2) per step for any H (DiNAT-s' 4x4 patchify first zero-pads the image at the
+bottom / right to a multiple of 4, as the official PatchEmbed), and a map smaller than
+`kernel_size * dilation` is padded to that size inside the attention and cropped back (NATTEN's
+rule). Stage i of an H x W image is ceil(H / 2^(i+2)) x ceil(W / 2^(i+2)).
+`feature_norms=True` adds the dense backbones' per-output norms (`norm0..norm3`), so the backbone
+of their checkpoints (`backbone.*` of e.g. `maskrcnn_dinat_tiny.pth`) loads and gives their maps.
 """
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ from vitzoo.layers.neighborhood_attention import NeighborhoodAttention2D
 from vitzoo.layers.patch_merging import PatchMerging
 
 from ._base import HierarchicalBackbone, build_zoo_model
+from ._dense import FeatureNormsMixin, dense_backbone_weights, take_feature_norms
 from ._init import init_linear_layernorm
 from ._registry import register_model
 
@@ -70,7 +80,7 @@ def _check_dilations(dilations: Sequence[Sequence[int]] | None, depths: Sequence
     return dilations
 
 
-class NAT(HierarchicalBackbone):
+class NAT(FeatureNormsMixin, HierarchicalBackbone):
     """NAT / DiNAT / DiNAT-s: stem -> 4 stages of neighborhood-attention blocks -> norm -> head.
 
     Args:
@@ -85,9 +95,12 @@ class NAT(HierarchicalBackbone):
         downsample_type: 'conv' (NAT's 3x3 stride-2 conv + LayerNorm) or 'merge' (Swin's PatchMerging, DiNAT-s).
         drop_rate: dropout before the classifier; proj_drop_rate: after attention proj and in the MLP
             (the official `drop_rate`); attn_drop_rate must be 0; drop_path_rate: stochastic depth.
+        feature_norms: one LayerNorm per stage output in `forward_intermediates` / `features_only`
+            (the official detection / segmentation backbones' `norm0..norm3`).
     """
 
     output_fmt = "NHWC"
+    min_input_size = 32
     no_weight_decay_keys = ("rpb",)
 
     def __init__(
@@ -112,6 +125,7 @@ class NAT(HierarchicalBackbone):
             downsample_type: str = "conv",
             norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
             act_layer: Callable[[], nn.Module] = nn.GELU,
+            feature_norms: bool = False,
     ) -> None:
         super().__init__()
         if len(depths) != len(num_heads):
@@ -128,7 +142,7 @@ class NAT(HierarchicalBackbone):
             self.stem = ConvStem(in_chans, [embed_dim // 2, embed_dim], norm=norm_layer, layout="NHWC")
         else:
             self.stem = ConvStem(in_chans, [embed_dim], kernel_size=4, stride=4, padding=0,
-                                 norm=norm_layer, layout="NHWC")
+                                 norm=norm_layer, layout="NHWC", pad_input=True)
 
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         stages = []
@@ -151,8 +165,10 @@ class NAT(HierarchicalBackbone):
         self.stages = nn.Sequential(*stages)
         self.norm = norm_layer(dims[-1])
         self.head = ClassifierHead(dims[-1], num_classes, global_pool, drop_rate=drop_rate, input_fmt="NHWC")
+        self.init_feature_norms(feature_norms, dims, norm_layer)
         self.init_contract(in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, dims=dims,
                            reductions=[4 * 2 ** i for i in range(num_stages)])
+        self.input_divisor = 1  # any size: strided convs / padded patchify, small maps padded in the attention
         self.apply(init_linear_layernorm)
 
 
@@ -178,11 +194,14 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[s
     `patch_embed.proj.{0,1}` / `patch_embed.norm` -> `stem.proj.{0,1}` / `stem.norm`;
     `levels.i.blocks.j.{attn.*, gamma1, gamma2}` -> `stages.i.blocks.j.{token_mixer.*, layer_scale1.scale, ...}`;
     `levels.i.downsample.{reduction, norm}` -> `stages.{i+1}.downsample.{conv, post_norm}`; `head` -> `head.fc`.
-    A state dict already in our layout is returned unchanged.
+    Official detection / segmentation checkpoints (`detection/nat.py`, `dinat.py`): the `backbone.`
+    keys only, their per-output norms `norm{i}` -> `feature_norms.{i}` (the model needs
+    `feature_norms=True`). A state dict already in our layout is returned unchanged.
     """
-    state_dict = unwrap_state_dict(state_dict)
+    state_dict = dense_backbone_weights(unwrap_state_dict(state_dict))
     if any(k.startswith("stages.") for k in state_dict):
         return state_dict
+    state_dict = take_feature_norms(state_dict, r"^norm(\d+)\.", model)
     out = {}
     for k, v in state_dict.items():
         k = re.sub(r"^patch_embed\.", "stem.", k)

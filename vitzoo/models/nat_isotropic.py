@@ -9,6 +9,11 @@ Linear. DiNAT-iso alternates dilation 1 and 2 (a 7x7 neighbourhood at dilation 2
 Each block is its own one-block `Stage` so the hierarchical base's contract (feature_info per
 block, forward_intermediates over blocks, pruning, grad checkpointing) works unchanged; the
 checkpoint filter maps the official `layers.i` onto `stages.i.blocks.0`.
+
+Input sizes: any image of at least 16x16. The official code has no dense backbone for these
+models; they take other sizes the way DiNAT-s' and Swin's official dense backbones do: the image
+is zero-padded at the bottom / right to a multiple of the patch size (a ceil(H/16) x ceil(W/16)
+map), and maps smaller than `kernel_size * dilation` are padded inside the attention.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ class NATIsotropic(HierarchicalBackbone):
 
     output_fmt = "NHWC"
     no_weight_decay_keys = ("rpb",)
+    min_input_size = 16
 
     def __init__(
             self,
@@ -59,7 +65,7 @@ class NATIsotropic(HierarchicalBackbone):
     ) -> None:
         super().__init__()
         self.stem = ConvStem(in_chans, [embed_dim], kernel_size=patch_size, stride=patch_size, padding=0,
-                             norm=norm_layer, layout="NHWC")
+                             norm=norm_layer, layout="NHWC", pad_input=True)
         dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.stages = nn.Sequential(*[
             Stage([nat_block(embed_dim, num_heads, kernel_size, 1 if i % 2 == 0 else dilation, mlp_ratio,
@@ -71,6 +77,8 @@ class NATIsotropic(HierarchicalBackbone):
         self.head = ClassifierHead(embed_dim, num_classes, global_pool, drop_rate=drop_rate, input_fmt="NHWC")
         self.init_contract(in_chans=in_chans, num_classes=num_classes, global_pool=global_pool,
                            dims=[embed_dim] * depth, reductions=[patch_size] * depth)
+        self.input_divisor = 1  # any size: the image is padded to a multiple of the patch
+        self.min_input_size = patch_size
         self.apply(init_linear_layernorm)
 
 

@@ -9,20 +9,35 @@ mixer is `ShiftedWindowAttention`, every second block shifted by half a window) 
 ClassifierHead. Loads timm's `swin_*` weights and the official checkpoints through
 `checkpoint_filter_fn`, and gives timm 1.0.31's outputs for them.
 
-Input sizes (timm 1.0.31's rules):
-* Default (`strict_img_size=True`): the input must be exactly `img_size` (224 or 384 for the
-  registered variants; any other `img_size=` can be given at creation). Each stage's window is
-  clamped to its feature map where the map is no larger than the window (that side then has no
-  shift); otherwise a map that is not a multiple of the window is zero-padded to one and the
-  shift masks are built for the padded map. Odd maps are padded by PatchMerging. So e.g.
-  `img_size=256` with window 7 works (maps 64, 32, 16, 8 are padded to 70, 35, 21, 14), and
-  `img_size=192` too (48, 24, 12 padded to 49, 28, 14; the last 6x6 map gets a 6x6 unshifted window).
-* `dynamic_img_size=True` (or `strict_img_size=False`): any input whose height and width are
-  multiples of the patch size (4); windows keep their construction-time size (clamped for
-  `img_size`), maps are padded, masks are built per size and cached.
+Input sizes:
+* At `img_size` (224 or 384 for the registered variants; any other `img_size=` can be given at
+  creation): timm 1.0.31's rule, which is also the official classification model's. Each stage's
+  window is clamped to its feature map where the map is no larger than the window (that side then
+  has no shift); otherwise a map that is not a multiple of the window is rolled, then zero-padded
+  to one, with the shift masks built for the padded map. Odd maps are padded by PatchMerging.
+  So e.g. `img_size=256` with window 7 works (maps 64, 32, 16, 8 are padded to 70, 35, 21, 14),
+  and `img_size=192` too (48, 24, 12 padded to 49, 28, 14; the last 6x6 map gets a 6x6 window).
+* Any other image of at least 32x32 (default, `strict_img_size=True` models): the official
+  detection / segmentation backbone's rule (Swin-Transformer-Object-Detection
+  `mmdet/models/backbones/swin_transformer.py`, same code in the segmentation repo): the image is
+  zero-padded at the bottom / right to a multiple of the patch size, every block pads its map to
+  window multiples *before* rolling it (window as built, shift window // 2 in every second block,
+  never clamped), the shift mask is built for the padded map, and the result is cropped back.
+  Stage i of an H x W image is ceil(H / 4 / 2^i) x ceil(W / 4 / 2^i). Where every map is a
+  multiple of the window and larger than it (e.g. 448x672), this equals timm's model built with
+  that `img_size`.
+* `dynamic_img_size=True` (or `strict_img_size=False`): timm's rule at every input whose height and
+  width are multiples of the patch size (4), as timm's twin built that way; windows keep their
+  construction-time size (clamped for `img_size`), maps are padded, masks are built per size.
 * `set_input_size(img_size=..., window_size=..., window_ratio=...)` re-targets a built model
   (the bias tables are interpolated), as timm's does.
 Other sizes raise a ValueError that names the rule.
+
+Features: `features_only=True` returns NHWC maps like timm's Swin (NCHW with `feature_cls='getter'`),
+with timm's `feature_info` (modules `layers.i`), and loads the `state_dict()` of timm's
+`features_only` Swin. `feature_norms=True` adds the official dense backbone's per-output norms
+(`norm0..norm3`), so the `backbone.*` of its checkpoints (e.g. `mask_rcnn_swin_tiny_patch4_window7_1x.pth`,
+`upernet_swin_tiny_patch4_window7_512x512.pth`) loads and gives its feature maps.
 """
 from __future__ import annotations
 
@@ -41,7 +56,8 @@ from ..layers import MetaFormerBlock, Stage
 from ..layers.patch_merging import PatchMerging
 from ..layers.window import clamp_window_to_map
 from ..layers.window_attention import ShiftedWindowAttention
-from ._base import HierarchicalBackbone, build_zoo_model
+from ._base import HierarchicalBackbone, ZooFeatureGetterNet, _is_tracing, build_zoo_model
+from ._dense import FeatureNormsMixin, dense_backbone_weights, take_feature_norms
 from ._init import init_linear_layernorm
 from ._registry import register_model
 
@@ -74,6 +90,7 @@ def swin_block(
         num_heads: int,
         window_size: tuple[int, int],
         shift_size: tuple[int, int],
+        dense_shift_size: tuple[int, int] | None = None,
         head_dim: int | None = None,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
@@ -88,24 +105,40 @@ def swin_block(
         dim,
         token_mixer=ShiftedWindowAttention(
             dim, num_heads, window_size, shift_size, head_dim=head_dim, qkv_bias=qkv_bias,
-            attn_drop=attn_drop, proj_drop=proj_drop),
+            attn_drop=attn_drop, proj_drop=proj_drop, dense_shift_size=dense_shift_size),
         mlp=Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop),
         norm_layer=norm_layer,
         drop_path=drop_path,
     )
 
 
-class SwinTransformer(HierarchicalBackbone):
+def _dense_shift(window: tuple[int, int], shifted: bool) -> tuple[int, int]:
+    """The official dense backbone's shift: window // 2 in every second block, never clamped."""
+    return (window[0] // 2, window[1] // 2) if shifted else (0, 0)
+
+
+class SwinFeatures(ZooFeatureGetterNet):
+    """`features_only` Swin: NHWC maps by default, as timm's Swin FeatureListNet returns them."""
+
+    def __init__(self, model: nn.Module, out_indices: Any = 4, output_fmt: str = "NHWC", **kwargs: Any) -> None:
+        super().__init__(model, out_indices=out_indices, output_fmt=output_fmt, **kwargs)
+
+
+class SwinTransformer(FeatureNormsMixin, HierarchicalBackbone):
     """Swin Transformer v1 on the zoo's hierarchical base (NHWC stages).
 
     Args mirror timm's `SwinTransformer`: img_size, patch_size, in_chans, num_classes,
     global_pool, embed_dim, depths, num_heads, head_dim, window_size (int, (h, w), or one per
     stage), always_partition, strict_img_size, dynamic_img_size, mlp_ratio, qkv_bias, drop_rate,
-    proj_drop_rate, attn_drop_rate, drop_path_rate, norm_layer, act_layer.
+    proj_drop_rate, attn_drop_rate, drop_path_rate, norm_layer, act_layer; and `feature_norms`
+    (a LayerNorm per stage output in `forward_intermediates` / `features_only`, the official
+    dense backbone's `norm0..norm3`).
     """
 
     output_fmt = "NHWC"
     no_weight_decay_keys = ("relative_position_bias_table",)
+    min_input_size = 32
+    __jit_unused_properties__ = ["layers"]
 
     def __init__(
             self,
@@ -130,6 +163,7 @@ class SwinTransformer(HierarchicalBackbone):
             drop_path_rate: float = 0.1,
             norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
             act_layer: Callable[[], nn.Module] = nn.GELU,
+            feature_norms: bool = False,
     ) -> None:
         super().__init__()
         num_stages = len(depths)
@@ -140,9 +174,11 @@ class SwinTransformer(HierarchicalBackbone):
         self.always_partition = always_partition
         dims = [int(embed_dim * 2 ** i) for i in range(num_stages)]
 
+        # sizes are checked by check_img_size; the stem pads to the patch size (the dense rule)
         self.stem = PatchEmbed(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=dims[0],
-            norm_layer=norm_layer, strict_img_size=self.strict_img_size, output_fmt="NHWC")
+            norm_layer=norm_layer, strict_img_size=False, dynamic_img_pad=True, output_fmt="NHWC")
+        self._dense_rule = False
         grid = tuple(self.stem.grid_size)
         windows = _stage_windows(window_size, num_stages)
         # set_input_size() scales these with the patch grid
@@ -154,7 +190,8 @@ class SwinTransformer(HierarchicalBackbone):
             win, shift = clamp_window_to_map(feat, windows[i], tuple(w // 2 for w in windows[i]), always_partition)
             blocks = [
                 swin_block(
-                    dims[i], num_heads[i], win, shift if j % 2 else (0, 0), head_dim=head_dim,
+                    dims[i], num_heads[i], win, shift if j % 2 else (0, 0), _dense_shift(win, j % 2 == 1),
+                    head_dim=head_dim,
                     mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
                     drop_path=dpr[i][j], norm_layer=norm_layer, act_layer=act_layer)
                 for j in range(depths[i])
@@ -164,11 +201,19 @@ class SwinTransformer(HierarchicalBackbone):
         self.stages = nn.Sequential(*stages)
         self.norm = norm_layer(dims[-1])
         self.head = ClassifierHead(dims[-1], num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt="NHWC")
+        self.init_feature_norms(feature_norms, dims, norm_layer)
         self.init_contract(
             in_chans=in_chans, num_classes=num_classes, global_pool=global_pool, dims=dims,
             reductions=[patch_size * 2 ** i for i in range(num_stages)])
+        for i, info in enumerate(self.feature_info):
+            info["module"] = f"layers.{i}"  # timm's Swin names its stages `layers`
         self.input_divisor = max(self.stem.patch_size)
         self.apply(init_linear_layernorm)
+
+    @property
+    def layers(self) -> nn.Sequential:
+        """The stages under timm's name, so `feature_info` module names resolve (`get_submodule('layers.0')`)."""
+        return self.stages
 
     @torch.no_grad()
     def _init_family_weights(self) -> None:
@@ -188,17 +233,52 @@ class SwinTransformer(HierarchicalBackbone):
     def check_img_size(self, height: int, width: int) -> None:
         name = type(self).__name__
         if self.strict_img_size:
-            if (height, width) != tuple(self.stem.img_size):
-                h, w = self.stem.img_size
-                raise ValueError(
-                    f"{name} was built for {h}x{w} images, got {height}x{width}; create it with "
-                    f"img_size=({height}, {width}) or dynamic_img_size=True, or call set_input_size()")
+            if height < self.min_input_size or width < self.min_input_size:
+                m = self.min_input_size
+                raise ValueError(f"{name} needs images of at least {m}x{m}, got {height}x{width}")
             return
         ph, pw = self.stem.patch_size
         if height < ph or width < pw or height % ph or width % pw:
             raise ValueError(
                 f"{name} with dynamic_img_size needs image height and width that are positive multiples "
                 f"of the patch size {ph}x{pw}, got {height}x{width}")
+
+    @torch.jit.unused
+    def _select_window_rule(self, height: int, width: int) -> None:
+        """Built rule at `img_size` (and always with `dynamic_img_size`), the dense rule otherwise;
+        sets every window mixer's `dense_rule` when it changes."""
+        if _is_tracing():
+            return
+        dense = self.strict_img_size and (height, width) != tuple(self.stem.img_size)
+        if dense == self._dense_rule:
+            return
+        for m in self.modules():
+            if isinstance(m, ShiftedWindowAttention):
+                m.dense_rule = dense
+        self._dense_rule = dense
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+            self._select_window_rule(int(x.shape[-2]), int(x.shape[-1]))
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.norm(x)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | None = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """As the base (with the per-output norms if built), under the window rule of this input size."""
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+            self._select_window_rule(int(x.shape[-2]), int(x.shape[-1]))
+        return super().forward_intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only)
 
     @torch.jit.ignore
     def set_input_size(
@@ -242,7 +322,7 @@ class SwinTransformer(HierarchicalBackbone):
             shift = tuple(w // 2 for w in windows[i])
             win, shift = clamp_window_to_map(feat, windows[i], shift, self.always_partition)
             for j, blk in enumerate(stage.blocks):
-                blk.token_mixer.set_window_size(win, shift if j % 2 else (0, 0))
+                blk.token_mixer.set_window_size(win, shift if j % 2 else (0, 0), _dense_shift(win, j % 2 == 1))
         update_model_input_size(
             self, self.stem.img_size, patch_size=patch_size, window_size=windows, always_partition=always_partition)
 
@@ -268,8 +348,10 @@ def _rename(key: str, official: bool) -> str:
         # official: downsample at the END of stage i; ours/timm's at the START of stage i+1
         key = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", key)
         key = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", key)
-    key = re.sub(r"^patch_embed\.", "stem.", key)
-    key = re.sub(r"^layers\.(\d+)\.", r"stages.\1.", key)
+    # `patch_embed` / `layers_i`: timm's features_only FeatureListNet flattens `layers` into `layers_i`
+    # (and the feature wrapper's key hook may hand `patch_embed` over split as `patch.embed`)
+    key = re.sub(r"^patch[._]embed\.", "stem.", key)
+    key = re.sub(r"^layers[._](\d+)\.", r"stages.\1.", key)
     return key.replace(".attn.", ".token_mixer.")
 
 
@@ -284,11 +366,17 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SwinTransfo
       `absolute_pos_embed` (ape=True) is not supported and raises.
     * a patch-embed kernel of another size is resampled, and bias tables whose window differs
       from the model's are interpolated (timm's `resize_rel_pos_bias_table`).
+    * timm's `features_only` state dict (`layers_i.*`, FeatureListNet's flattened names) as timm's.
+    * official detection / segmentation checkpoints (Swin-Transformer-Object-Detection, saved by
+      mmdet / mmseg): the `backbone.` keys in the official layout, with the per-output norms
+      `norm{i}` -> `feature_norms.{i}` (the model needs `feature_norms=True`).
     """
     state_dict = state_dict.get("model", state_dict)
     state_dict = state_dict.get("state_dict", state_dict)
+    state_dict = dense_backbone_weights(state_dict)
     if any(k.startswith("stages.") for k in state_dict):
         return state_dict  # already ours
+    state_dict = take_feature_norms(state_dict, r"^norm(\d+)\.", model)
     official = "layers.0.downsample.reduction.weight" in state_dict
     out = {}
     for k, v in state_dict.items():
@@ -310,6 +398,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SwinTransfo
 
 
 def _create_swin(variant: str, pretrained: bool = False, **kwargs: Any) -> SwinTransformer:
+    if kwargs.get("features_only") and "feature_cls" not in kwargs:
+        kwargs["feature_cls"] = SwinFeatures  # NHWC, as timm's Swin; feature_cls='getter' gives NCHW
     return build_zoo_model(SwinTransformer, variant, pretrained, filter_fn=checkpoint_filter_fn, **kwargs)
 
 
