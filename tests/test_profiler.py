@@ -201,3 +201,31 @@ def test_console_scripts_are_installed():
     assert scripts.get("vitzoo-profile") == "vitzoo.cli.profile:main"
     assert scripts.get("vitzoo-train") == "vitzoo.cli.train:main"
     assert scripts.get("vitzoo-validate") == "vitzoo.cli.validate:main"
+
+
+# ---------------------------------------------------------------------------------------------
+# detection resolutions: --img-size HxW and --features-only (issue 17 item 5)
+# ---------------------------------------------------------------------------------------------
+
+def test_img_size_parses_square_and_hxw():
+    args = profile.build_parser().parse_args(["m", "--img-size", "800x1333", "--features-only"])
+    assert args.img_size == (800, 1333) and args.features_only
+    assert profile.build_parser().parse_args(["m", "--img-size", "224"]).img_size == (224, 224)
+    with pytest.raises(SystemExit):
+        profile.build_parser().parse_args(["m", "--img-size", "800x"])
+
+
+def test_features_only_profiles_the_backbone_at_a_non_square_size(capsys):
+    """EfficientViT-M0 takes any size already (other families are being made to, issue 17)."""
+    kw = dict(batch_size=1, warmup=0, repeats=1, torch_flops=False)
+    feats = profile.profile_model("vitzoo_efficientvit_m0", img_size=(96, 160), features_only=True,
+                                  train_batch_size=1, **kw)
+    full = profile.profile_model("vitzoo_efficientvit_m0", img_size=(96, 160), **kw)
+    assert feats["input"] == full["input"] == "3x96x160"
+    assert feats["features"] == "64/16 128/32 192/64"  # channels/stride of each map
+    assert 0 < feats["gmacs"] < full["gmacs"] and feats["params_m"] < full["params_m"]  # no head
+    assert feats["ms_b1"] > 0 and feats["train_ms_b1"] > 0 and feats["eval_peak_mem_mb"] is not None
+    rc = profile.main(["vitzoo_efficientvit_m0", "--img-size", "96x160", "--features-only", "--no-train",
+                       "--repeats", "1", "--warmup", "0", "--no-progress", "-b", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "3x96x160" in out and "64/16 128/32 192/64" in out

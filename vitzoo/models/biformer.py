@@ -258,13 +258,16 @@ def _cfg(url: str, first_conv: str = "stem.0.conv", **kwargs: Any) -> dict[str, 
     }
 
 
-# the official repo's `model_urls` (models/biformer.py, models/biformer_stl.py): short links to its
-# OneDrive files, `{'model': state_dict, ...}` checkpoints
+# the official repo's `model_urls` as of rayleizhu/BiFormer@1697bbb ("repair broken links", README
+# and models/biformer.py, models/biformer_stl.py): OneDrive API links replacing the old matix.li
+# short links (STL's file changed too); `{'model': state_dict, ...}` checkpoints that the official
+# code caches as f"{model_key}.pth" (biformer_tiny_in1k.pth, ...).
+_ONEDRIVE = "https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvCh{}/root/content"
 default_cfgs = generate_default_cfgs({
-    "vitzoo_biformer_tiny.in1k": _cfg("https://matix.li/e36fe9fb086c"),
-    "vitzoo_biformer_small.in1k": _cfg("https://matix.li/5bb436318902"),
-    "vitzoo_biformer_base.in1k": _cfg("https://matix.li/995db75f585d"),
-    "vitzoo_biformer_stl.in1k": _cfg("https://matix.li/4e9034a91a23", first_conv="stem.conv"),
+    "vitzoo_biformer_tiny.in1k": _cfg(_ONEDRIVE.format("HEOoGkgwgQzEDlM")),
+    "vitzoo_biformer_small.in1k": _cfg(_ONEDRIVE.format("HDyM-x9KWRBZ832")),
+    "vitzoo_biformer_base.in1k": _cfg(_ONEDRIVE.format("HI_XPhoadjaNxtO")),
+    "vitzoo_biformer_stl.in1k": _cfg(_ONEDRIVE.format("Sf-m7ujkvx9lIQ1"), first_conv="stem.conv"),
 })
 
 # Official variants: head_dim 32, n_win 7, topks (1, 4, 16, full attention), LePE 5x5, qk_dims = embed_dims.
