@@ -33,7 +33,7 @@ class FeatureNormsMixin:
     official dense backbones do; without them nothing changes. Pruning drops the norms of cut stages.
     """
 
-    feature_norms: nn.ModuleList | None
+    # `self.feature_norms`: nn.ModuleList or None (no class annotation: TorchScript would read it)
 
     def init_feature_norms(self, enabled: bool, dims: Sequence[int], norm_layer: Callable[[int], nn.Module]) -> None:
         self.feature_norms = nn.ModuleList([norm_layer(int(d)) for d in dims]) if enabled else None

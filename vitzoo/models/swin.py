@@ -244,12 +244,12 @@ class SwinTransformer(FeatureNormsMixin, HierarchicalBackbone):
                 f"of the patch size {ph}x{pw}, got {height}x{width}")
 
     @torch.jit.unused
-    def _select_window_rule(self, height: int, width: int) -> None:
+    def _select_window_rule(self, x: torch.Tensor) -> None:
         """Built rule at `img_size` (and always with `dynamic_img_size`), the dense rule otherwise;
-        sets every window mixer's `dense_rule` when it changes."""
+        sets every window mixer's `dense_rule` when it changes (not while FX traces: sizes unknown)."""
         if _is_tracing():
             return
-        dense = self.strict_img_size and (height, width) != tuple(self.stem.img_size)
+        dense = self.strict_img_size and (int(x.shape[-2]), int(x.shape[-1])) != tuple(self.stem.img_size)
         if dense == self._dense_rule:
             return
         for m in self.modules():
@@ -260,7 +260,7 @@ class SwinTransformer(FeatureNormsMixin, HierarchicalBackbone):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             self.check_input(x)
-            self._select_window_rule(int(x.shape[-2]), int(x.shape[-1]))
+            self._select_window_rule(x)
         x = self.stem(x)
         x = self.stages(x)
         return self.norm(x)
@@ -277,7 +277,7 @@ class SwinTransformer(FeatureNormsMixin, HierarchicalBackbone):
         """As the base (with the per-output norms if built), under the window rule of this input size."""
         if not torch.jit.is_scripting():
             self.check_input(x)
-            self._select_window_rule(int(x.shape[-2]), int(x.shape[-1]))
+            self._select_window_rule(x)
         return super().forward_intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only)
 
     @torch.jit.ignore
