@@ -158,8 +158,9 @@ def _na(kernel: str, target: int, mode: str, H: int, W: int, kernel_size: Sequen
     * 1-D maps: 1 x 64 tiles (1 x 32 at head_dim 128);
     * otherwise 8x8 tiles, 16-column chunks (32 when ``TW + k - 1 > 16``), 4/2/1 rows per chunk
       for head_dim <= 32 / 64 / 128 (2/2/1 in the backward);
-    * fp32 on tensor cores: half the rows per chunk; IEEE fp32: 4x8 tiles, 8-column chunks and
-      8 warps (FMA dots keep whole operand tiles in registers);
+    * fp32 on tensor cores: half the rows per chunk, and in the backward chunks of at most 16
+      columns (8 from head_dim 64); IEEE fp32: 4x8 tiles, 8-column chunks and 8 warps (FMA dots
+      keep whole operand tiles in registers);
     * ~99 KB parts: one pipeline stage fewer where a chunk of K and V is large.
     """
     ks, dil = tuple(kernel_size), tuple(dilation)
@@ -198,6 +199,16 @@ def _na(kernel: str, target: int, mode: str, H: int, W: int, kernel_size: Sequen
         if kernel == "bwd" and cfg["TH"] > 1:
             floor = max(floor, -(-16 // cfg["TH"]))                      # d(rpb) bins: TH*RPC >= 16
         cfg["RPC"] = max(cfg["RPC"] // 2, floor)
+        if cfg["TH"] > 1 and override is None:
+            # fp32 tiles: narrower chunks (sm_80 spilled 68 B in dq at k=11, 24 B in dk/dv at
+            # head_dim 64, 40 B in the forward at k=13 / head_dim 128)
+            if kernel == "bwd":
+                cfg["CW"] = 8 if block_d >= 64 else min(cfg["CW"], 16)
+                cfg["RPC"] = max(cfg["RPC"], -(-16 // cfg["CW"]), -(-16 // cfg["TH"]))
+                cfg["num_stages"] = 2
+            elif block_d >= 128:
+                cfg["CW"] = min(cfg["CW"], 16)
+                cfg["RPC"] = max(cfg["RPC"], -(-16 // cfg["CW"]))
     if _small_smem(target):
         elem = 2 if mode == "16" else 4
         chunk = cfg["RPC"] * cfg["CW"] * cfg["BLOCK_D"] * elem * 2       # K and V of one chunk
@@ -225,6 +236,7 @@ def _window(kernel: str, target: int, mode: str, tokens: int, head_dim: int,
     """
     block_d = max(16, _pow2(head_dim))
     block = block if block is not None else window_block_override()
+    forced = block
     if block is None:
         fits = max(16, _pow2(tokens))
         if kernel == "bwd":
@@ -233,8 +245,18 @@ def _window(kernel: str, target: int, mode: str, tokens: int, head_dim: int,
             block = min(fits, 64 if head_dim <= 64 else 32)
     nb = -(-tokens // block)
     if kernel == "fwd":
-        return dict(BLOCK=block, NB=nb, BLOCK_D=block_d, WPP=4, num_warps=4, num_stages=2)
-    return dict(BLOCK=block, NB=nb, BLOCK_D=block_d, num_warps=8, num_stages=1)
+        cfg = dict(BLOCK=block, NB=nb, BLOCK_D=block_d, WPP=4, num_warps=4, num_stages=2)
+        if mode == "ieee" or (mode == "tf32" and block_d >= 64):
+            cfg["num_warps"] = 8    # fp32 at 4 warps spilled: 764 B (IEEE, window 7, sm_80)
+            if block_d >= 64 and forced is None and block > 32:
+                cfg.update(BLOCK=32, NB=-(-tokens // 32))
+    else:
+        cfg = dict(BLOCK=block, NB=nb, BLOCK_D=block_d, num_warps=8, num_stages=1)
+        if mode == "ieee" and block_d >= 128 and forced is None:
+            cfg.update(BLOCK=16, NB=-(-tokens // 16))
+    if _small_smem(target) and mode != "16" and block_d >= 64:
+        cfg["num_stages"] = 1       # fp32 K/V stages of a 64 x 64 tile overflow ~99 KB
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,8 +272,21 @@ def _routed(kernel: str, target: int, mode: str, w2: int, topk: int, dqk: int, d
     and walk the ``topk * w2`` routed keys in ``BLOCK_N``-key blocks; dK/dV programs take one
     key region's ``BLOCK_N`` tokens and walk 64-row blocks of the query regions routed to it."""
     bd = dict(BLOCK_DQK=_clamp_pow2(dqk, 16, 128), BLOCK_DV=_clamp_pow2(dv, 16, 128))
+    wide = max(bd.values()) >= 128
     if kernel == "dkdv":
         bn = _clamp_pow2(w2)
-        return dict(BLOCK_M=64, BLOCK_N=bn, **bd, num_warps=8 if bn >= 64 else 4, num_stages=2)
-    return dict(BLOCK_M=_clamp_pow2(w2), BLOCK_N=_clamp_pow2(topk * w2), **bd, num_warps=4,
-                num_stages=2)
+        # 64 stacked query rows; 32 for TF32 and head_dim 128 (44 B spilled in TF32 on sm_80,
+        # 180 B at head_dim 128 on sm_90), 16 for IEEE at head_dim 128 (140 B at 32)
+        bm = 16 if (mode == "ieee" and wide) else 32 if (mode == "tf32" or wide) else 64
+        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, **bd, num_warps=8 if bn >= 64 else 4, num_stages=2)
+    else:
+        bm = _clamp_pow2(w2)
+        bn = _clamp_pow2(topk * w2)
+        if mode == "ieee" and wide:     # FMA dots on 128-wide rows: 48 B spilled at 64 x 32
+            bm, bn = min(bm, 32), 32
+        # fp32 operands of a 64-row tile: 8 warps (4 spilled 332 B / 736 B on sm_80 in IEEE)
+        cfg = dict(BLOCK_M=bm, BLOCK_N=bn, **bd, num_warps=8 if mode != "16" and bm >= 64 else 4,
+                   num_stages=2)
+    if _small_smem(target) and (wide or mode != "16") and kernel != "fwd":
+        cfg["num_stages"] = 1
+    return cfg

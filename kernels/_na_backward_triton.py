@@ -12,14 +12,15 @@
   ``d(rpb)`` with fixed one-hot matmuls, so the bias gradient is deterministic as well.
 
 P and dS are cast to the input dtype before the second GEMM (FA2 practice); fp32 inputs use the
-``PREC`` dot precision (``"ieee"`` by default).
+``PREC`` dot precision (the fp32 rule of ``_precision.py``: IEEE at torch's ``"highest"``, else TF32).
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from ._na_common_triton import LOG2E, bias_tile, inv_hi, inv_lo, tile_of_program, win_start
+from ._na_common_triton import (LOG2E, bias_tile, chunk, inv_hi, inv_lo, key_region, load_rows,
+                                program_batch_head, tile_of_program, tile_positions, win_start)
 from ._triton_dot import mma
 
 
@@ -35,24 +36,15 @@ def _na_bwd_dkdv_kernel(
     gh, gw, th, tw, nh, nw = tile_of_program(tl.program_id(0), H, W, DH, DW, NTH, NTW)
     if (th * TH >= nh) | (tw * TW >= nw):
         return
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // NH).to(tl.int64)
-    h = pid_bh % NH
+    b, h = program_batch_head(NH)
 
-    # key tile (group coordinates kr_, kc_)
-    m = tl.arange(0, TH * TW)
-    kci = th * TH + m // TW
-    kcj = tw * TW + m % TW
-    kmask = (kci < nh) & (kcj < nw)
-    ki = gh + kci * DH
-    kj = gw + kcj * DW
+    # key tile (group coordinates kci, kcj)
+    kci, kcj, kmask, ki, kj = tile_positions(th, tw, gh, gw, nh, nw, DH, DW, TH, TW)
     d = tl.arange(0, BLOCK_D)
     dmask = d < HEAD_DIM
     m2 = kmask[:, None] & dmask[None, :]
-    kt = tl.load(K + b * skb + h * skn + (ki * skh + kj * skw)[:, None] + d[None, :], mask=m2,
-                 other=0.0)
-    vt = tl.load(V + b * svb + h * svn + (ki * svh + kj * svw)[:, None] + d[None, :], mask=m2,
-                 other=0.0)
+    kt = load_rows(K + b * skb + h * skn, ki, kj, skh, skw, d, m2)
+    vt = load_rows(V + b * svb + h * svn, ki, kj, svh, svw, d, m2)
 
     # query region: inverse neighbourhood of the tile
     r0 = inv_lo(th * TH, KH)
@@ -63,23 +55,20 @@ def _na_bwd_dkdv_kernel(
     n = tl.arange(0, RPC * CW)
     nr = n // CW
     nc = n % CW
-    a_col = (m % TW)[:, None]
+    a_col = (tl.arange(0, TH * TW) % TW)[:, None]
     delta_c = c0 - tw * TW + (KW - 1)                # column-clamp class of the (flipped) table
     q_base = Q + b * sqb + h * sqn
     dk = tl.zeros([TH * TW, BLOCK_D], tl.float32)
     dv = tl.zeros([TH * TW, BLOCK_D], tl.float32)
     n_cc = (c1 - c0 + CW - 1) // CW
     for it in range(0, ((r1 - r0 + RPC - 1) // RPC) * n_cc):
-        ic = it % n_cc
-        qr = r0 + (it // n_cc) * RPC + nr
-        qc = c0 + ic * CW + nc
+        ic, qr, qc, qmask = chunk(it, n_cc, r0, r1, c0, c1, nr, nc, RPC, CW)
         sqr = win_start(qr, nh, KH)
         sqc = win_start(qc, nw, KW)
-        qmask = (qr < r1) & (qc < c1)
         qi = gh + qr * DH
         qj = gw + qc * DW
         q2 = qmask[:, None] & dmask[None, :]
-        qt = tl.load(q_base + (qi * sqh + qj * sqw)[:, None] + d[None, :], mask=q2, other=0.0)
+        qt = load_rows(q_base, qi, qj, sqh, sqw, d, q2)
         tok = ((b * H + qi) * W + qj) * NH + h
         dot_ = tl.load(DO + tok[:, None] * HEAD_DIM + d[None, :], mask=q2, other=0.0)
         lse2 = tl.load(LSE + tok, mask=qmask, other=0.0) * LOG2E
@@ -116,37 +105,25 @@ def _na_bwd_dq_kernel(
     gh, gw, th, tw, nh, nw = tile_of_program(tl.program_id(0), H, W, DH, DW, NTH, NTW)
     if (th * TH >= nh) | (tw * TW >= nw):
         return
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // NH).to(tl.int64)
-    h = pid_bh % NH
+    b, h = program_batch_head(NH)
 
-    m = tl.arange(0, TH * TW)
-    ci = th * TH + m // TW
-    cj = tw * TW + m % TW
-    qmask = (ci < nh) & (cj < nw)
+    ci, cj, qmask, qi, qj = tile_positions(th, tw, gh, gw, nh, nw, DH, DW, TH, TW)
     si = win_start(ci, nh, KH)
     sj = win_start(cj, nw, KW)
-    qi = gh + ci * DH
-    qj = gw + cj * DW
     d = tl.arange(0, BLOCK_D)
     dmask = d < HEAD_DIM
     q2 = qmask[:, None] & dmask[None, :]
-    qt = tl.load(Q + b * sqb + h * sqn + (qi * sqh + qj * sqw)[:, None] + d[None, :], mask=q2,
-                 other=0.0)
+    qt = load_rows(Q + b * sqb + h * sqn, qi, qj, sqh, sqw, d, q2)
     tok = ((b * H + qi) * W + qj) * NH + h
     dot_ = tl.load(DO + tok[:, None] * HEAD_DIM + d[None, :], mask=q2, other=0.0)
     lse2 = tl.load(LSE + tok, mask=qmask, other=0.0) * LOG2E
     delta = tl.load(DELTA + tok, mask=qmask, other=0.0)
 
-    r0 = win_start(th * TH, nh, KH)
-    r1 = win_start(tl.minimum(th * TH + TH, nh) - 1, nh, KH) + KH
-    c0 = win_start(tw * TW, nw, KW)
-    c1 = win_start(tl.minimum(tw * TW + TW, nw) - 1, nw, KW) + KW
-
+    r0, r1, c0, c1 = key_region(th, tw, nh, nw, KH, KW, TH, TW)
     n = tl.arange(0, RPC * CW)
     nr = n // CW
     nc = n % CW
-    a_col = (m % TW)[:, None]
+    a_col = (tl.arange(0, TH * TW) % TW)[:, None]
     delta_c = c0 - tw * TW + (KW - 1)
     k_base = K + b * skb + h * skn
     v_base = V + b * svb + h * svn
@@ -156,15 +133,10 @@ def _na_bwd_dq_kernel(
     rr_base = r0 - th * TH + (KH - 1)                # bias row of (first region row, tile row 0)
     n_cc = (c1 - c0 + CW - 1) // CW
     for it in range(0, ((r1 - r0 + RPC - 1) // RPC) * n_cc):
-        ic = it % n_cc
-        kr = r0 + (it // n_cc) * RPC + nr
-        kc = c0 + ic * CW + nc
-        kmask = (kr < r1) & (kc < c1)
+        ic, kr, kc, kmask = chunk(it, n_cc, r0, r1, c0, c1, nr, nc, RPC, CW)
         kv_mask = kmask[:, None] & dmask[None, :]
-        koff = (gh + kr * DH) * skh + (gw + kc * DW) * skw
-        kt = tl.load(k_base + koff[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        voff = (gh + kr * DH) * svh + (gw + kc * DW) * svw
-        vt = tl.load(v_base + voff[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        kt = load_rows(k_base, gh + kr * DH, gw + kc * DW, skh, skw, d, kv_mask)
+        vt = load_rows(v_base, gh + kr * DH, gw + kc * DW, svh, svw, d, kv_mask)
         s = mma(qt, tl.trans(kt), PREC, UPCAST) * qk_scale
         if HAS_RPB:
             s += bias_tile(RPB, h, kr[None, :] - ci[:, None], delta_c, a_col, ic, nc[None, :],
@@ -188,7 +160,8 @@ def _na_bwd_dq_kernel(
              mask=q2)
     if HAS_RPB:
         if BIN_RPB:
-            part = DS + (pid_bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * (UP * XP)
+            prog = tl.program_id(1).to(tl.int64) * tl.num_programs(0) + tl.program_id(0)
+            part = DS + prog * (UP * XP)
             tl.store(part + tl.arange(0, UP)[:, None] * XP + tl.arange(0, XP)[None, :], db)
 
 

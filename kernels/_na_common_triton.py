@@ -39,6 +39,7 @@ def tile_of_program(pid, H, W, DH, DW, NTH, NTW):
     """``program_id(0)`` -> (row group, col group, tile row, tile col, group rows, group cols).
 
     Tiles are fastest-varying so neighbouring tiles (which share halo keys) run together.
+    A tile starting past its group's end (``th * TH >= nh`` or ``tw * TW >= nw``) has no work.
     """
     tw = pid % NTW
     t = pid // NTW
@@ -66,3 +67,47 @@ def bias_tile(E, h, dr, delta, a, ic, col, KH: tl.constexpr, KW: tl.constexpr,
     u = tl.minimum(tl.maximum(dr + (KH - 1), 0), 2 * KH - 2)
     row = (u * KW + delta) * TW + a
     return tl.load(E + h * ((2 * KH - 1) * KW * TW * NCW) + row * NCW + (ic * CW + col))
+
+
+@triton.jit
+def program_batch_head(NH):
+    """``program_id(1)`` -> (batch as int64, head)."""
+    pid = tl.program_id(1)
+    return (pid // NH).to(tl.int64), pid % NH
+
+
+@triton.jit
+def tile_positions(th, tw, gh, gw, nh, nw, DH, DW, TH: tl.constexpr, TW: tl.constexpr):
+    """The ``TH x TW`` tile ``(th, tw)`` of group ``(gh, gw)``: group coordinates ``(ci, cj)``,
+    in-group mask and map positions ``(gh + ci * DH, gw + cj * DW)``, one entry per slot."""
+    m = tl.arange(0, TH * TW)
+    ci = th * TH + m // TW
+    cj = tw * TW + m % TW
+    return ci, cj, (ci < nh) & (cj < nw), gh + ci * DH, gw + cj * DW
+
+
+@triton.jit
+def key_region(th, tw, nh, nw, KH: tl.constexpr, KW: tl.constexpr, TH: tl.constexpr,
+               TW: tl.constexpr):
+    """``[r0, r1) x [c0, c1)``: the union of the windows of a query tile (group coordinates)."""
+    r0 = win_start(th * TH, nh, KH)
+    r1 = win_start(tl.minimum(th * TH + TH, nh) - 1, nh, KH) + KH
+    c0 = win_start(tw * TW, nw, KW)
+    c1 = win_start(tl.minimum(tw * TW + TW, nw) - 1, nw, KW) + KW
+    return r0, r1, c0, c1
+
+
+@triton.jit
+def chunk(it, n_cc, r0, r1, c0, c1, nr, nc, RPC: tl.constexpr, CW: tl.constexpr):
+    """Chunk ``it`` of a region walked ``RPC`` rows x ``CW`` columns at a time (columns
+    fastest): ``(column chunk, rows, cols, in-region mask)`` per slot."""
+    ic = it % n_cc
+    r = r0 + (it // n_cc) * RPC + nr
+    c = c0 + ic * CW + nc
+    return ic, r, c, (r < r1) & (c < c1)
+
+
+@triton.jit
+def load_rows(base, i, j, si, sj, d, mask):
+    """``[slots, BLOCK_D]`` rows at map positions ``(i, j)`` with strides ``(si, sj)``."""
+    return tl.load(base + (i * si + j * sj)[:, None] + d[None, :], mask=mask, other=0.0)

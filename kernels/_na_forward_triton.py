@@ -18,7 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._na_common_triton import LN2, bias_tile, tile_of_program, win_start
+from ._na_common_triton import (LN2, bias_tile, chunk, key_region, load_rows, program_batch_head,
+                                tile_of_program, tile_positions, win_start)
 from ._triton_dot import mma
 
 
@@ -34,34 +35,21 @@ def _na_fwd_kernel(
     gh, gw, th, tw, nh, nw = tile_of_program(tl.program_id(0), H, W, DH, DW, NTH, NTW)
     if (th * TH >= nh) | (tw * TW >= nw):
         return
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // NH).to(tl.int64)
-    h = pid_bh % NH
+    b, h = program_batch_head(NH)
 
     # query tile, group coordinates (ci, cj), window starts (si, sj)
-    m = tl.arange(0, TH * TW)
-    ci = th * TH + m // TW
-    cj = tw * TW + m % TW
-    qmask = (ci < nh) & (cj < nw)
+    ci, cj, qmask, qi, qj = tile_positions(th, tw, gh, gw, nh, nw, DH, DW, TH, TW)
     si = win_start(ci, nh, KH)
     sj = win_start(cj, nw, KW)
-    qi = gh + ci * DH
-    qj = gw + cj * DW
     d = tl.arange(0, BLOCK_D)
     dmask = d < HEAD_DIM
-    q = tl.load(Q + b * sqb + h * sqn + (qi * sqh + qj * sqw)[:, None] + d[None, :],
-                mask=qmask[:, None] & dmask[None, :], other=0.0)
+    q = load_rows(Q + b * sqb + h * sqn, qi, qj, sqh, sqw, d, qmask[:, None] & dmask[None, :])
 
-    # key region: union of the tile's windows
-    r0 = win_start(th * TH, nh, KH)
-    r1 = win_start(tl.minimum(th * TH + TH, nh) - 1, nh, KH) + KH
-    c0 = win_start(tw * TW, nw, KW)
-    c1 = win_start(tl.minimum(tw * TW + TW, nw) - 1, nw, KW) + KW
-
+    r0, r1, c0, c1 = key_region(th, tw, nh, nw, KH, KW, TH, TW)   # union of the tile's windows
     n = tl.arange(0, RPC * CW)
     nr = n // CW
     nc = n % CW
-    a_col = (m % TW)[:, None]
+    a_col = (tl.arange(0, TH * TW) % TW)[:, None]
     delta = c0 - tw * TW + (KW - 1)                  # column-clamp class of the bias table
     k_base = K + b * skb + h * skn
     v_base = V + b * svb + h * svn
@@ -70,13 +58,9 @@ def _na_fwd_kernel(
     acc = tl.zeros([TH * TW, BLOCK_D], tl.float32)
     n_cc = (c1 - c0 + CW - 1) // CW
     for it in range(0, ((r1 - r0 + RPC - 1) // RPC) * n_cc):   # one flat loop: pipelined chunks
-        ic = it % n_cc
-        kr = r0 + (it // n_cc) * RPC + nr
-        kc = c0 + ic * CW + nc
-        kmask = (kr < r1) & (kc < c1)
+        ic, kr, kc, kmask = chunk(it, n_cc, r0, r1, c0, c1, nr, nc, RPC, CW)
         kv_mask = kmask[:, None] & dmask[None, :]
-        koff = (gh + kr * DH) * skh + (gw + kc * DW) * skw
-        kt = tl.load(k_base + koff[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        kt = load_rows(k_base, gh + kr * DH, gw + kc * DW, skh, skw, d, kv_mask)
         s = mma(q, tl.trans(kt), PREC, UPCAST) * qk_scale
         if HAS_RPB:
             s += bias_tile(RPB, h, kr[None, :] - ci[:, None], delta, a_col, ic, nc[None, :],
@@ -89,8 +73,7 @@ def _na_fwd_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        voff = (gh + kr * DH) * svh + (gw + kc * DW) * svw
-        vt = tl.load(v_base + voff[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        vt = load_rows(v_base, gh + kr * DH, gw + kc * DW, svh, svw, d, kv_mask)
         acc = acc * alpha[:, None] + mma(p.to(vt.dtype), vt, PREC, UPCAST)
         m_i = m_new
 

@@ -57,6 +57,50 @@ def _load_rows(base, rows, d, D: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def _region_tile(pid_region, pid_block, NWIN, HR, WR, BLOCK: tl.constexpr):
+    """Program prologue: ``(b int64, region, tokens t, t < w2, map rows, map cols)`` of the
+    ``BLOCK`` tokens ``pid_block * BLOCK ...`` of region ``pid_region % R`` in batch ``// R``."""
+    R = NWIN * NWIN
+    t = pid_block * BLOCK + tl.arange(0, BLOCK)
+    W2 = HR * WR
+    i, j = _region_pos(pid_region % R, tl.minimum(t, W2 - 1), NWIN, HR, WR)
+    return (pid_region // R).to(tl.int64), pid_region % R, t, t < W2, i, j
+
+
+@triton.jit
+def _query_block(Q, sqb, sqh, sqw, sqn, NWIN, HR, WR, DQK: tl.constexpr,
+                 BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Forward / dQ prologue: program (batch * region, query block, head) -> ``(b, h, row mask,
+    map rows, map cols, qk dim range, v dim range, q [BLOCK_M, BLOCK_DQK])``."""
+    h = tl.program_id(2)
+    b, r, t, tmask, qi, qj = _region_tile(tl.program_id(0), tl.program_id(1), NWIN, HR, WR,
+                                          BLOCK_M)
+    dqk = tl.arange(0, BLOCK_DQK)
+    q = _load_rows(Q + b * sqb + h * sqn, qi * sqh + qj * sqw, dqk, DQK, BLOCK_DQK)
+    return b, h, tmask, qi, qj, dqk, tl.arange(0, BLOCK_DV), q
+
+
+@triton.jit
+def _routed_keys(r_base, n0, NWIN, HR, WR, TOPK: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key block ``n0 ...`` of the routed keys: ``(valid, map rows, map cols)``; slot ``s`` is
+    token ``s % w2`` of region ``r_idx[s // w2]`` (clamped into range for memory safety)."""
+    W2 = HR * WR
+    s = n0 + tl.arange(0, BLOCK_N)
+    smask = s < TOPK * W2
+    kr = tl.load(r_base + s // W2, mask=smask, other=0)
+    kr = tl.minimum(tl.maximum(kr, 0), NWIN * NWIN - 1)
+    ki, kj = _region_pos(kr, s % W2, NWIN, HR, WR)
+    return smask, ki, kj
+
+
+@triton.jit
+def _row_grads(DO, LSE, DELTA, tok, dv, DV: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """dO rows, base-2 logsumexp and delta of the query rows ``tok`` (flat [B, H, W, heads])."""
+    do = _load_rows(DO, tok * DV, dv, DV, BLOCK_DV)
+    return do, tl.load(LSE + tok) * 1.4426950408889634, tl.load(DELTA + tok)
+
+
+@triton.jit
 def _routed_fwd_kernel(
     Q, K, V, RIDX, O, LSE,
     sqb, sqh, sqw, sqn, skb, skh, skw, skn, svb, svh, svw, svn,
@@ -64,32 +108,17 @@ def _routed_fwd_kernel(
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    pid_br = tl.program_id(0)
-    R = NWIN * NWIN
-    b = (pid_br // R).to(tl.int64)
-    r = pid_br % R
-    W2 = HR * WR
-    h = tl.program_id(2)
-    t = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    tmask = t < W2
-    qi, qj = _region_pos(r, tl.minimum(t, W2 - 1), NWIN, HR, WR)
-    dqk = tl.arange(0, BLOCK_DQK)
-    dv = tl.arange(0, BLOCK_DV)
-    q = _load_rows(Q + b * sqb + h * sqn, qi * sqh + qj * sqw, dqk, DQK, BLOCK_DQK)
+    b, h, tmask, qi, qj, dqk, dv, q = _query_block(Q, sqb, sqh, sqw, sqn, NWIN, HR, WR, DQK,
+                                                   BLOCK_DQK, BLOCK_DV, BLOCK_M)
 
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     k_base = K + b * skb + h * skn
     v_base = V + b * svb + h * svn
-    r_base = RIDX + pid_br.to(tl.int64) * TOPK
-    T = TOPK * W2
-    for n0 in range(0, T, BLOCK_N):
-        s = n0 + tl.arange(0, BLOCK_N)
-        smask = s < T
-        kr = tl.load(r_base + s // W2, mask=smask, other=0)
-        kr = tl.minimum(tl.maximum(kr, 0), R - 1)       # memory safety for a bad index
-        ki, kj = _region_pos(kr, s % W2, NWIN, HR, WR)
+    r_base = RIDX + tl.program_id(0).to(tl.int64) * TOPK
+    for n0 in range(0, TOPK * HR * WR, BLOCK_N):
+        smask, ki, kj = _routed_keys(r_base, n0, NWIN, HR, WR, TOPK, BLOCK_N)
         k = _load_rows(k_base, ki * skh + kj * skw, dqk, DQK, BLOCK_DQK)
         sc = mma(q, tl.trans(k), PREC, UPCAST) * qk_scale
         sc = tl.where(smask[None, :], sc, float("-inf"))
@@ -116,34 +145,17 @@ def _routed_bwd_dq_kernel(
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    pid_br = tl.program_id(0)
-    R = NWIN * NWIN
-    b = (pid_br // R).to(tl.int64)
-    r = pid_br % R
-    W2 = HR * WR
-    h = tl.program_id(2)
-    t = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    tmask = t < W2
-    qi, qj = _region_pos(r, tl.minimum(t, W2 - 1), NWIN, HR, WR)
-    dqk = tl.arange(0, BLOCK_DQK)
-    dv = tl.arange(0, BLOCK_DV)
-    q = _load_rows(Q + b * sqb + h * sqn, qi * sqh + qj * sqw, dqk, DQK, BLOCK_DQK)
+    b, h, tmask, qi, qj, dqk, dv, q = _query_block(Q, sqb, sqh, sqw, sqn, NWIN, HR, WR, DQK,
+                                                   BLOCK_DQK, BLOCK_DV, BLOCK_M)
     tok = ((b * (NWIN * HR) + qi) * (NWIN * WR) + qj) * NH + h
-    do = _load_rows(DO, tok * DV, dv, DV, BLOCK_DV)
-    lse2 = tl.load(LSE + tok) * 1.4426950408889634
-    delta = tl.load(DELTA + tok)
+    do, lse2, delta = _row_grads(DO, LSE, DELTA, tok, dv, DV, BLOCK_DV)
 
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], tl.float32)
     k_base = K + b * skb + h * skn
     v_base = V + b * svb + h * svn
-    r_base = RIDX + pid_br.to(tl.int64) * TOPK
-    T = TOPK * W2
-    for n0 in range(0, T, BLOCK_N):
-        s = n0 + tl.arange(0, BLOCK_N)
-        smask = s < T
-        kr = tl.load(r_base + s // W2, mask=smask, other=0)
-        kr = tl.minimum(tl.maximum(kr, 0), R - 1)
-        ki, kj = _region_pos(kr, s % W2, NWIN, HR, WR)
+    r_base = RIDX + tl.program_id(0).to(tl.int64) * TOPK
+    for n0 in range(0, TOPK * HR * WR, BLOCK_N):
+        smask, ki, kj = _routed_keys(r_base, n0, NWIN, HR, WR, TOPK, BLOCK_N)
         k = _load_rows(k_base, ki * skh + kj * skw, dqk, DQK, BLOCK_DQK)
         vv = _load_rows(v_base, ki * svh + kj * svw, dv, DV, BLOCK_DV)
         sc = mma(q, tl.trans(k), PREC, UPCAST) * qk_scale
@@ -163,15 +175,11 @@ def _routed_bwd_dkdv_kernel(
     DQK: tl.constexpr, DV: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    pid_bj = tl.program_id(0)
-    R = NWIN * NWIN
-    b = (pid_bj // R).to(tl.int64)
-    j = pid_bj % R
-    W2 = HR * WR
     h = tl.program_id(2)
-    t = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    tmask = t < W2
-    ki, kj = _region_pos(j, tl.minimum(t, W2 - 1), NWIN, HR, WR)
+    b, j, t, tmask, ki, kj = _region_tile(tl.program_id(0), tl.program_id(1), NWIN, HR, WR,
+                                          BLOCK_N)
+    R = NWIN * NWIN
+    W2 = HR * WR
     dqk = tl.arange(0, BLOCK_DQK)
     dv = tl.arange(0, BLOCK_DV)
     k = _load_rows(K + b * skb + h * skn, ki * skh + kj * skw, dqk, DQK, BLOCK_DQK)
@@ -195,9 +203,7 @@ def _routed_bwd_dkdv_kernel(
             qi, qj = _region_pos(i, lin % W2, NWIN, HR, WR)
             q = _load_rows(q_base, qi * sqh + qj * sqw, dqk, DQK, BLOCK_DQK)
             tok = ((row0 + qi) * (NWIN * WR) + qj) * NH + h
-            do = _load_rows(DO, tok * DV, dv, DV, BLOCK_DV)
-            lse2 = tl.load(LSE + tok) * 1.4426950408889634
-            delta = tl.load(DELTA + tok)
+            do, lse2, delta = _row_grads(DO, LSE, DELTA, tok, dv, DV, BLOCK_DV)
             st = mma(k, tl.trans(q), PREC, UPCAST) * qk_scale                          # [N, M]
             pt = tl.where(qmask[None, :], tl.exp2(st - lse2[None, :]), 0.0)
             dvacc += mma(pt.to(do.dtype), do, PREC, UPCAST)

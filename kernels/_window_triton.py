@@ -63,6 +63,17 @@ def _tokens(w, t, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW):
 
 
 @triton.jit
+def _load_kv(qkv_img, w, bk, h, d, dmask, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW, NH,
+             HEAD_DIM: tl.constexpr):
+    """Key block ``bk`` of window ``w``: ``(k offsets in qkv_img, valid, shift regions, k, v)``."""
+    pos_k, valid_k, rk = _tokens(w, bk, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW)
+    koff = (pos_k * 3 * NH * HEAD_DIM + (NH + h) * HEAD_DIM)[:, None] + d[None, :]
+    k = tl.load(qkv_img + koff, mask=dmask, other=0.0)
+    v = tl.load(qkv_img + koff + NH * HEAD_DIM, mask=dmask, other=0.0)
+    return koff, valid_k, rk, k, v
+
+
+@triton.jit
 def _image(w, NWIN, HP, WP, NH):
     """int64 offset, in tokens x heads, of window ``w``'s image (offsets inside it fit int32)."""
     return (w // NWIN).to(tl.int64) * HP * WP * NH
@@ -104,10 +115,8 @@ def _win_fwd_kernel(
     bias_rows = BIAS + h * NP * NP + bq[:, None] * NP
     for kb in range(NB):
         bk = kb * BLOCK + t
-        pos_k, valid_k, rk = _tokens(w, bk, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW)
-        koff = (pos_k * 3 * NH * HEAD_DIM + (NH + h) * HEAD_DIM)[:, None] + d[None, :]
-        k = tl.load(qkv_img + koff, mask=dmask, other=0.0)
-        v = tl.load(qkv_img + koff + NH * HEAD_DIM, mask=dmask, other=0.0)
+        koff, valid_k, rk, k, v = _load_kv(qkv_img, w, bk, h, d, dmask, N, NWIN, NWW, H, W, HP, WP,
+                                              WH, WW, SH, SW, NH, HEAD_DIM)
         s = _scores(q, k, bias_rows + bk[None, :], rq, rk, qk_scale, SHIFTED, PREC, UPCAST)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -241,10 +250,8 @@ def _win_bwd_blocked_kernel(
         qkv_img = QKV + img * 3 * HEAD_DIM
         for kb in range(NB):
             bk = kb * BLOCK + t
-            pos_k, valid_k, rk = _tokens(w, bk, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW)
-            koff = (pos_k * 3 * NH * HEAD_DIM + (NH + h) * HEAD_DIM)[:, None] + d[None, :]
-            k = tl.load(qkv_img + koff, mask=dmask, other=0.0)
-            v = tl.load(qkv_img + koff + NH * HEAD_DIM, mask=dmask, other=0.0)
+            koff, valid_k, rk, k, v = _load_kv(qkv_img, w, bk, h, d, dmask, N, NWIN, NWW, H, W, HP, WP,
+                                                  WH, WW, SH, SW, NH, HEAD_DIM)
             dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
             dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
             for qb in range(NB):
@@ -274,10 +281,8 @@ def _win_bwd_blocked_kernel(
             dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
             for kb in range(NB):
                 bk = kb * BLOCK + t
-                pos_k, valid_k, rk = _tokens(w, bk, N, NWIN, NWW, H, W, HP, WP, WH, WW, SH, SW)
-                koff = (pos_k * 3 * NH * HEAD_DIM + (NH + h) * HEAD_DIM)[:, None] + d[None, :]
-                k = tl.load(qkv_img + koff, mask=dmask, other=0.0)
-                v = tl.load(qkv_img + koff + NH * HEAD_DIM, mask=dmask, other=0.0)
+                koff, valid_k, rk, k, v = _load_kv(qkv_img, w, bk, h, d, dmask, N, NWIN, NWW, H, W, HP, WP,
+                                                      WH, WW, SH, SW, NH, HEAD_DIM)
                 s = _scores(q, k, bias_h + bq[:, None] * NP + bk[None, :], rq, rk, qk_scale,
                             SHIFTED, PREC, UPCAST)
                 p = tl.exp2(s - lse2[:, None])

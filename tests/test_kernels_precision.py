@@ -138,3 +138,65 @@ def test_fp32_precision_numerics():
     lines = [x for x in out.splitlines() if x.startswith("ERR ")]
     print("\n".join(lines))
     assert len(lines) == 6, out[-3000:]
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-target launch configurations (pure Python, no GPU)
+# ----------------------------------------------------------------------------------------------
+_NA_SHAPES = [(56, 56, 7, 1, 32), (56, 56, 7, 8, 32), (7, 7, 7, 1, 32), (28, 28, 11, 1, 64),
+              (28, 28, 13, 1, 128), (1, 300, 9, 3, 64)]
+_MODES = [("bfloat16", None), ("float16", None), ("float32", "ieee"), ("float32", "tf32")]
+
+
+def test_launch_config_every_target_and_dtype():
+    """Every (op, kernel, target, dtype) has a config whose dots are >= 16 on each side, and the
+    ~99 KB shared-memory parts never get more pipeline stages than sm_80 / sm_90."""
+    from vitzoo.kernels._launch_config import KERNELS, SMEM_BYTES, TARGETS, launch_config
+
+    assert {80, 86, 89, 90, 100, 120} <= set(TARGETS) and SMEM_BYTES[89] < SMEM_BYTES[80]
+    seen = set()
+    for dtype, fp32 in _MODES:
+        for (H, W, k, dil, d) in _NA_SHAPES:
+            ks = (1, k) if H == 1 else (k, k)
+            shape = dict(H=H, W=W, kernel_size=ks, dilation=(1, dil) if H == 1 else (dil, dil),
+                         head_dim=d)
+            for kernel in ("fwd", "bwd"):
+                cfgs = {t: launch_config("na", kernel, t, dtype, fp32, **shape) for t in TARGETS}
+                for c in cfgs.values():
+                    assert c["TH"] * c["TW"] >= 16 and c["RPC"] * c["CW"] >= 16, c
+                    assert c["BLOCK_D"] >= max(16, d), c
+                assert cfgs[89]["num_stages"] <= cfgs[80]["num_stages"] <= cfgs[90]["num_stages"]
+                seen.add(("na", kernel))
+        for tokens, d in ((49, 32), (144, 32), (49, 64), (144, 128)):
+            for kernel in ("fwd", "bwd"):
+                cfgs = {t: launch_config("window", kernel, t, dtype, fp32, tokens=tokens, head_dim=d)
+                        for t in TARGETS}
+                for c in cfgs.values():
+                    assert c["BLOCK"] >= 16 and c["NB"] * c["BLOCK"] >= tokens, c
+                assert cfgs[89]["num_stages"] <= cfgs[80]["num_stages"]
+                seen.add(("window", kernel))
+        for w2, topk, dqk in ((64, 1, 32), (16, 4, 32), (4, 16, 64), (64, 4, 128)):
+            for kernel in ("fwd", "dq", "dkdv"):
+                cfgs = {t: launch_config("routed", kernel, t, dtype, fp32, w2=w2, topk=topk,
+                                         dqk=dqk, dv=dqk) for t in TARGETS}
+                for c in cfgs.values():
+                    assert min(c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_DQK"]) >= 16, c
+                assert cfgs[89]["num_stages"] <= cfgs[80]["num_stages"]
+                seen.add(("routed", kernel))
+    assert seen == set(KERNELS)
+    with pytest.raises(ValueError, match="unknown"):
+        launch_config("flash", "fwd", 90, "bfloat16")
+
+
+def test_launch_config_follows_the_device_target(monkeypatch):
+    """The runtime target: VITZOO_KERNEL_TARGET when set, else the device's capability (CPU
+    tensors: the default table)."""
+    from vitzoo.kernels._launch_config import DEFAULT_TARGET, device_target
+
+    monkeypatch.delenv("VITZOO_KERNEL_TARGET", raising=False)
+    assert device_target(torch.device("cpu")) == DEFAULT_TARGET
+    monkeypatch.setenv("VITZOO_KERNEL_TARGET", "sm_89")
+    assert device_target(torch.device("cpu")) == 89
+    monkeypatch.setenv("VITZOO_KERNEL_TARGET", "ampere")
+    with pytest.raises(ValueError, match="VITZOO_KERNEL_TARGET"):
+        device_target(torch.device("cpu"))
