@@ -63,7 +63,7 @@ def _detector(name: str, kind: str, train_hw: tuple[int, int]) -> torch.nn.Modul
     return FasterRCNN(backbone, num_classes=3, **small)
 
 
-def _targets(hw: tuple[int, int], masks: bool, gen: torch.Generator) -> list[dict]:
+def _targets(hw: tuple[int, int], masks: bool) -> list[dict]:
     """Two boxes (with filled masks when asked) inside an image of size `hw`."""
     h, w = hw
     boxes = torch.tensor([[3.0, 5.0, w * 0.6, h * 0.7], [w * 0.4, h * 0.3, w - 2.0, h - 4.0]])
@@ -89,7 +89,7 @@ def _train_and_eval(name: str, kind: str, train_hw: tuple[int, int], eval_hw: tu
     seen = _seen_sizes(model)
     gen = torch.Generator().manual_seed(1)
     model.train()
-    losses = model([torch.rand(3, *train_hw, generator=gen)], _targets(train_hw, kind == "maskrcnn", gen))
+    losses = model([torch.rand(3, *train_hw, generator=gen)], _targets(train_hw, kind == "maskrcnn"))
     expected = {"maskrcnn": "loss_mask", "fasterrcnn": "loss_box_reg", "retinanet": "bbox_regression"}[kind]
     assert expected in losses, sorted(losses)
     for k, v in losses.items():
@@ -164,6 +164,21 @@ def test_anchor_generator_matches_levels():
     assert evit.strides == [16, 32, 64] and len(anchor_generator(evit).sizes) == 4
 
 
+def test_three_level_backbone_with_anchor_generator(one_thread):
+    """EfficientViT-M0 (three levels): Faster R-CNN takes it with `anchor_generator(backbone)`,
+    which the README names; torchvision's five-level default would not match."""
+    torch.manual_seed(0)
+    backbone = backbone_with_fpn("vitzoo_efficientvit_m0", fpn_channels=FPN_CHANNELS)
+    hw = (97, 131)
+    model = FasterRCNN(backbone, num_classes=3, rpn_anchor_generator=anchor_generator(backbone),
+                       min_size=min(hw), max_size=max(hw), size_divisible=1)
+    losses = model([torch.rand(3, *hw)], _targets(hw, False))
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    first = next(iter(backbone.body.parameters()))
+    assert first.grad is not None and first.grad.abs().sum() > 0
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(TypeError, match="features_only"):
         TimmBackboneWithFPN(torch.nn.Conv2d(3, 8, 3))
@@ -196,7 +211,7 @@ def _check_triton_detector(hw: tuple[int, int] = (45, 61)) -> None:
         model.train()
         gen = torch.Generator().manual_seed(1)
         torch.manual_seed(2)  # the RPN/ROI samplers draw from the global RNG
-        losses = model([torch.rand(3, *hw, generator=gen)], _targets(hw, False, gen))
+        losses = model([torch.rand(3, *hw, generator=gen)], _targets(hw, False))
         sum(losses.values()).backward()
         grads = {n: p.grad.clone() for n, p in model.backbone.body.named_parameters() if p.grad is not None}
         results[mode] = ({k: v.detach() for k, v in losses.items()}, grads, list(calls))
