@@ -244,6 +244,9 @@ class Prepared:
     key: str
 
 
+_BINDERS: Dict[Tuple[int, int], Tuple[Any, Any, Any, Any]] = {}
+
+
 def prepare(launch: Launch, arch: int) -> Prepared:
     """Bind ``launch`` for ``sm_<arch>`` exactly as Triton's launcher would (specialisation on
     dtypes, 16-byte divisibility of pointers and ints, constexprs, options)."""
@@ -253,9 +256,13 @@ def prepare(launch: Launch, arch: int) -> Prepared:
     from triton.runtime.jit import create_function_from_signature
 
     fn = launch.fn
-    target = GPUTarget("cuda", arch, 32)
-    backend = make_backend(target)
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    cached = _BINDERS.get((id(fn), arch))
+    if cached is None or cached[0] is not fn:
+        target = GPUTarget("cuda", arch, 32)
+        backend = make_backend(target)
+        binder = create_function_from_signature(fn.signature, fn.params, backend)
+        cached = _BINDERS[(id(fn), arch)] = (fn, target, backend, binder)
+    _, target, backend, binder = cached
     kwargs = launch.constexprs()
     bound, spec, opts = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, spec, opts)
