@@ -154,7 +154,8 @@ def test_zoo_swin_feature_layout_matches_timm():
 
 
 def test_anchor_generator_matches_levels():
-    """One anchor size per level: 4 stages + pool = 5, 3 stages + p6p7 = 5 (x3 scales), EfficientViT 3 + pool."""
+    """One anchor size per level: 4 stages + pool = 5, 3 stages + p6p7 = 5 (x3 scales), EfficientViT 3 + pool,
+    an isotropic model's last 2 blocks + pool."""
     nat = backbone_with_fpn("vitzoo_nat_mini", fpn_channels=FPN_CHANNELS, **SHRUNK["vitzoo_nat_mini"])
     assert anchor_generator(nat).sizes == ((32,), (64,), (128,), (256,), (512,))
     retina = backbone_with_fpn("vitzoo_nat_mini", out_indices=(1, 2, 3), extra_blocks="p6p7",
@@ -162,6 +163,8 @@ def test_anchor_generator_matches_levels():
     assert [len(s) for s in anchor_generator(retina, scales_per_octave=3).sizes] == [3] * 5
     evit = backbone_with_fpn("vitzoo_efficientvit_m0", fpn_channels=FPN_CHANNELS)
     assert evit.strides == [16, 32, 64] and len(anchor_generator(evit).sizes) == 4
+    iso = backbone_with_fpn("vitzoo_nat_isotropic_small", out_indices=2, fpn_channels=FPN_CHANNELS, depth=2)
+    assert iso.strides == [16, 16] and len(anchor_generator(iso).sizes) == 3  # int: timm's "last n blocks"
 
 
 def test_three_level_backbone_with_anchor_generator(one_thread):

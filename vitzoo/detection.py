@@ -110,7 +110,7 @@ class TimmBackboneWithFPN(nn.Module):
 
 def backbone_with_fpn(
         model: str | nn.Module,
-        out_indices: Sequence[int] | None = None,
+        out_indices: int | Sequence[int] | None = None,
         fpn_channels: int = 256,
         extra_blocks: str | ExtraFPNBlock | None = "pool",
         pretrained: bool = False,
@@ -122,8 +122,8 @@ def backbone_with_fpn(
     Args:
         model: a timm model name (e.g. "vitzoo_swin_tiny_patch4_window7_224"), or a model
             already built with `features_only=True`.
-        out_indices: the levels to take (timm's meaning; default: the model's own, all
-            stages of a pyramid). RetinaNet's recipe is the last three with `extra_blocks="p6p7"`.
+        out_indices: the levels to take (timm's meaning: indices, or an int for the last n;
+            default: the model's own, all stages of a pyramid, the last blocks of an isotropic one). RetinaNet's recipe is the last three with `extra_blocks="p6p7"`.
         fpn_channels: `out_channels` of the pyramid.
         extra_blocks: "pool" (Faster/Mask R-CNN), "p6p7" (RetinaNet), an ExtraFPNBlock or None.
         pretrained, model_kwargs: passed to `timm.create_model` (e.g. `drop_path_rate`,
@@ -131,7 +131,7 @@ def backbone_with_fpn(
     """
     if isinstance(model, str):
         if out_indices is not None:
-            model_kwargs["out_indices"] = tuple(out_indices)
+            model_kwargs["out_indices"] = out_indices if isinstance(out_indices, int) else tuple(out_indices)
         body = timm.create_model(model, pretrained=pretrained, features_only=True, **model_kwargs)
     else:
         if out_indices is not None or pretrained or model_kwargs:
