@@ -207,7 +207,8 @@ class SwinTransformer(FeatureNormsMixin, HierarchicalBackbone):
             reductions=[patch_size * 2 ** i for i in range(num_stages)])
         for i, info in enumerate(self.feature_info):
             info["module"] = f"layers.{i}"  # timm's Swin names its stages `layers`
-        self.input_divisor = max(self.stem.patch_size)
+        # what the image size must be a multiple of: nothing (the stem pads) unless timm's dynamic rule
+        self.input_divisor = 1 if self.strict_img_size else max(self.stem.patch_size)
         self.apply(init_linear_layernorm)
 
     @property
@@ -307,7 +308,7 @@ class SwinTransformer(FeatureNormsMixin, HierarchicalBackbone):
         if patch_size is not None:
             for i, info in enumerate(self.feature_info):
                 info["reduction"] = max(self.stem.patch_size) * 2 ** i
-            self.input_divisor = max(self.stem.patch_size)
+            self.input_divisor = 1 if self.strict_img_size else max(self.stem.patch_size)
         grid = tuple(self.stem.grid_size)
         if window_size is None and window_ratio is not None:
             windows = tuple((max(1, grid[0] // r), max(1, grid[1] // r)) for r in ratios)
