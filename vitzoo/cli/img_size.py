@@ -66,8 +66,10 @@ def create_at_size(name: str, size: Size, **kwargs: Any) -> nn.Module:
 
 
 def check_runs_at(model: nn.Module, name: str, size: Size, in_chans: int = 3, flag: str = '--img-size') -> None:
-    """ConfigError (one line naming `flag`) unless one eval forward at `size` works."""
-    if size is None:
+    """ConfigError (one line naming `flag`) unless one eval forward at `size` works (skipped at the
+    model's own input size, which it was built for)."""
+    own = tuple((getattr(model, 'pretrained_cfg', None) or {}).get('input_size', ())[-2:])
+    if size is None or own == tuple(size):
         return
     was_training = model.training
     model.eval()
