@@ -157,6 +157,13 @@ def _run(module, test_name: str, zoo_name: str, kwargs: dict) -> None:
                              f"{type(zoo_error).__name__}: {zoo_error}") from zoo_error
 
 
+#: timm's tests written for a few named timm models, run on zoo models whose twin passes them (the twin named)
+NAMED_MODEL_TESTS = {
+    # timm's CrossViT takes any input size (each branch rescales the image): so does the zoo's
+    "test_forward_after_prune_intermediate_layers": {"vitzoo_crossvit_9_240": "crossvit_9_240"},
+}
+
+
 def _cases(tests: dict) -> list:
     return [pytest.param(t, n, id=f"{t}-{n}") for t in tests for n in REPRESENTATIVES if _applies(t, n)]
 
@@ -176,3 +183,17 @@ def test_timm_suite(timm_tests, test_name, zoo_name):
 @pytest.mark.parametrize("test_name, zoo_name", _cases(SLOW_TESTS))
 def test_timm_suite_script_and_fx(timm_tests, test_name, zoo_name):
     _run(timm_tests, test_name, zoo_name, SLOW_TESTS[test_name])
+
+
+@pytest.mark.parametrize("test_name, zoo_name", [
+    pytest.param(t, n, id=f"{t}-{n}") for t, models in NAMED_MODEL_TESTS.items() for n in models])
+def test_timm_named_model_tests(timm_tests, test_name, zoo_name):
+    """No twin fallback here: the twin passes these (checked in the same test), so the zoo model must."""
+    fn = getattr(timm_tests, test_name, None)
+    if fn is None:
+        pytest.skip(f"timm {timm.__version__}'s test_models.py has no {test_name}")
+    twin = NAMED_MODEL_TESTS[test_name][zoo_name]
+    torch.manual_seed(0)
+    fn(model_name=twin)
+    torch.manual_seed(0)
+    fn(model_name=zoo_name)

@@ -658,15 +658,19 @@ def build_zoo_model(
         pretrained: bool = False,
         filter_fn: Callable[[dict, nn.Module], dict] | None = None,
         default_out_indices: int | tuple[int, ...] = (0, 1, 2, 3),
+        flatten_sequential: bool = False,
         **kwargs: Any,
 ) -> nn.Module:
     """timm's `build_model_with_cfg` with the zoo's defaults: filtered weights, features via intermediates.
 
     `features_only=True` returns a ZooFeatureGetterNet over `forward_intermediates` (NCHW maps at
     `out_indices`, default `default_out_indices`: all four stages of a pyramid; the last n
-    blocks, given as an int, of an isotropic model).
+    blocks, given as an int, of an isotropic model). `flatten_sequential`: what timm's twin sets in
+    its feature config, so `feature_cls='list'` / `'dict'` / `'hook'` find the stages as they do there.
     """
     feature_cfg = dict(feature_cls=ZooFeatureGetterNet, out_indices=kwargs.pop("out_indices", default_out_indices))
+    if flatten_sequential:
+        feature_cfg["flatten_sequential"] = True  # timm drops it for the getter classes
     model = build_model_with_cfg(
         model_cls,
         variant,

@@ -175,8 +175,8 @@ class BranchHeads(nn.Module):
         return torch.stack(logits).mean(dim=0)
 
 
-@register_notrace_function  # branches on the input's shape: an FX leaf, as timm's `scale_image`
-def _scale_image(x: torch.Tensor, size: Tuple[int, int], crop: bool) -> torch.Tensor:
+@register_notrace_function  # branches on the input's shape: an FX leaf (public name: FX autowraps no `_name`)
+def scale_branch_image(x: torch.Tensor, size: Tuple[int, int], crop: bool) -> torch.Tensor:
     """The branch's view of the image: unchanged at the branch's size, else centre-cropped (`crop`,
     when the image is at least that large) or bicubically resized to it - timm's rule, so any input
     size works and every branch always sees its built size (its position-embedding grid)."""
@@ -306,7 +306,7 @@ class CrossViT(ZooModel):
             self.check_input(x)
         xs: List[torch.Tensor] = []
         for b, patch_embed in enumerate(self.patch_embed):
-            t = patch_embed(_scale_image(x, self.img_size_scaled[b], self.crop_scale))
+            t = patch_embed(scale_branch_image(x, self.img_size_scaled[b], self.crop_scale))
             # two branches (checked at build); named explicitly for TorchScript (no getattr by name)
             cls = self.cls_token_0 if b == 0 else self.cls_token_1
             pos = self.pos_embed_0 if b == 0 else self.pos_embed_1

@@ -10,7 +10,10 @@ differ only in the token mixer each stage uses and in norms/scales:
   stages 2-3; ConvFormer and CAFormer classify through an MLP head.
 
 Stages run NCHW (like timm); CAFormer's attention stages flatten to tokens `[B, N, C]` after
-their downsample and fold back to NCHW at the end, so every stage outputs NCHW. Weights: timm's
+their downsample and fold back to NCHW at the end, so every stage outputs NCHW. Input sizes:
+timm's - any image of at least 3x3 (the 7x7/4 stem, padding 2), the strided convs rounding as
+convs do (250x333 -> 62x83, 31x42, 16x21, 8x11); `features_only` gives timm's layout and
+feature_info and loads the state dict of timm's `features_only` twin. Weights: timm's
 hub checkpoints, the official sail-sg/poolformer (v1) and sail-sg/metaformer (v2, ConvFormer,
 CAFormer) layouts all load through `checkpoint_filter_fn`.
 """
@@ -312,7 +315,7 @@ def _create_metaformer(variant: str, pretrained: bool = False, **kwargs: Any) ->
     num_stages = len(kwargs.get("depths", (2, 2, 6, 2)))
     return build_zoo_model(
         MetaFormer, variant, pretrained, filter_fn=checkpoint_filter_fn,
-        default_out_indices=tuple(range(num_stages)), **kwargs,
+        flatten_sequential=True, default_out_indices=tuple(range(num_stages)), **kwargs,
     )
 
 
