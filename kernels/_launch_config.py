@@ -252,7 +252,10 @@ def _window(kernel: str, target: int, mode: str, tokens: int, head_dim: int,
                 cfg.update(BLOCK=32, NB=-(-tokens // 32))
     else:
         cfg = dict(BLOCK=block, NB=nb, BLOCK_D=block_d, num_warps=8, num_stages=1)
-        if mode == "ieee" and block_d >= 128 and forced is None:
+        if forced is None and ((mode == "ieee" and block_d >= 128) or
+                               (_small_smem(target) and block_d >= 64 and tokens > 64)):
+            # IEEE at head_dim 128 spilled 652 B at blocks of 32 (sm_80); sm_89's ptxas
+            # spilled 32 B at window 12 / head_dim 64 in bf16 where sm_80's did not
             cfg.update(BLOCK=16, NB=-(-tokens // 16))
     if _small_smem(target) and mode != "16" and block_d >= 64:
         cfg["num_stages"] = 1       # fp32 K/V stages of a 64 x 64 tile overflow ~99 KB
