@@ -8,6 +8,7 @@ they keep every stage, the real window/kernel sizes and the padding those small 
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from collections import OrderedDict
 
@@ -222,6 +223,9 @@ def _check_triton_detector(hw: tuple[int, int] = (45, 61)) -> None:
     assert not ref_calls
     blocks = len(SHRUNK["vitzoo_nat_mini"]["depths"])
     assert [c[0] for c in tri_calls].count("f") == blocks and [c[0] for c in tri_calls].count("b") == blocks, tri_calls
+    # stage i's map is ceil(side / 2^(i+2)); a side under the 7x7 kernel is padded to 7 (NATTEN's rule)
+    maps = [tuple(max(math.ceil(side / 2 ** (i + 2)), 7) for side in hw) for i in range(blocks)]
+    assert [c[1][1:3] for c in tri_calls if c[0] == "f"] == maps, tri_calls
     for k in ref_l:
         torch.testing.assert_close(tri_l[k], ref_l[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
     assert ref_g.keys() == tri_g.keys() and any("rpb" in n for n in ref_g)
