@@ -88,3 +88,24 @@ def test_twin_state_dict_loads_strictly_and_maps_match(zoo, twin, zkw, tkw):
     assert _shapes(got) == _shapes(expected)
     diff = max((a - b).abs().max().item() for a, b in zip(got, expected))
     assert diff <= 1e-4, f"max abs diff {diff:.2e}"
+
+
+def _twin_variants() -> list:
+    """Every zoo variant of the twin families whose timm namesake exists (EViT: timm's DeiT)."""
+    families = ("poolformer", "convformer", "caformer", "efficientvit_m", "shvit", "crossvit", "evit_deit")
+    out = []
+    for name in timm.list_models("vitzoo_*"):
+        twin = name[len("vitzoo_"):].replace("evit_deit", "deit", 1)
+        if any(f in name for f in families) and twin in timm.list_models():
+            out.append((name, twin))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zoo, twin", _twin_variants(), ids=[z for z, _ in _twin_variants()])
+def test_every_variant_loads_its_twins_features_state_dict(zoo, twin):
+    """Key level, on 'meta': every variant's features_only model takes its twin's state dict strictly."""
+    z = timm.create_model(zoo, features_only=True, device="meta")
+    t = timm.create_model(twin, features_only=True, device="meta")
+    z.load_state_dict(t.state_dict(), strict=True, assign=True)
+    assert z.feature_info.get_dicts() == t.feature_info.get_dicts()
