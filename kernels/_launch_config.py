@@ -193,7 +193,9 @@ def _na(kernel: str, target: int, mode: str, H: int, W: int, kernel_size: Sequen
            "bwd": dict(bwd, BLOCK_D=block_d, num_warps=8 if block_d >= 64 else 4,
                        num_stages=2 if block_d <= 64 else 3)}[kernel]
     if mode == "ieee" and H > 1 and override is None:
-        cfg.update(TH=4, TW=8, RPC=2 if kernel == "fwd" else 4, CW=8, num_warps=8)
+        # backward at head_dim 128: 2 rows per chunk (4 spilled 416 B on sm_80 at k=13)
+        rpc = 2 if kernel == "fwd" or block_d >= 128 else 4
+        cfg.update(TH=4, TW=8, RPC=rpc, CW=8, num_warps=8)
     elif mode != "16":
         floor = -(-16 // cfg["CW"])                                      # N >= 16
         if kernel == "bwd" and cfg["TH"] > 1:
@@ -209,6 +211,8 @@ def _na(kernel: str, target: int, mode: str, H: int, W: int, kernel_size: Sequen
             elif block_d >= 128:
                 cfg["CW"] = min(cfg["CW"], 16)
                 cfg["RPC"] = max(cfg["RPC"], -(-16 // cfg["CW"]))
+                if _small_smem(target):   # sm_89's ptxas held 8 warps to 128 regs: 8 B spilled
+                    cfg["num_warps"] = 4
     if _small_smem(target):
         elem = 2 if mode == "16" else 4
         chunk = cfg["RPC"] * cfg["CW"] * cfg["BLOCK_D"] * elem * 2       # K and V of one chunk
@@ -292,4 +296,11 @@ def _routed(kernel: str, target: int, mode: str, w2: int, topk: int, dqk: int, d
                    num_stages=2)
     if _small_smem(target) and (wide or mode != "16") and kernel != "fwd":
         cfg["num_stages"] = 1
+        if wide and mode != "16":
+            # fp32 at head_dim 128 on ~99 KB parts: 131 KB (dQ) and 115 KB (dK/dV) of shared
+            # memory at sm_80's tiles; smaller tiles fit (96 KB / 80 KB on sm_89, no spills)
+            if kernel == "dq":
+                cfg["BLOCK_N"] = 32
+            else:
+                cfg.update(BLOCK_M=32, BLOCK_N=32, num_warps=4)
     return cfg
