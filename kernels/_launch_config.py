@@ -256,10 +256,12 @@ def _window(kernel: str, target: int, mode: str, tokens: int, head_dim: int,
                 cfg.update(BLOCK=32, NB=-(-tokens // 32))
     else:
         cfg = dict(BLOCK=block, NB=nb, BLOCK_D=block_d, num_warps=8, num_stages=1)
-        if forced is None and ((mode == "ieee" and block_d >= 128) or
+        if forced is None and ((mode == "ieee" and (block_d >= 128 or
+                                                    (target >= 90 and tokens > 64))) or
                                (_small_smem(target) and block_d >= 64 and tokens > 64)):
-            # IEEE at head_dim 128 spilled 652 B at blocks of 32 (sm_80); sm_89's ptxas
-            # spilled 32 B at window 12 / head_dim 64 in bf16 where sm_80's did not
+            # IEEE at head_dim 128 spilled 652 B at blocks of 32 (sm_80), IEEE at window 12
+            # 48 B on sm_90; sm_89's ptxas spilled 32 B at window 12 / head_dim 64 in bf16
+            # where sm_80's did not
             cfg.update(BLOCK=16, NB=-(-tokens // 16))
     if _small_smem(target) and mode != "16" and block_d >= 64:
         cfg["num_stages"] = 1       # fp32 K/V stages of a 64 x 64 tile overflow ~99 KB
@@ -286,6 +288,10 @@ def _routed(kernel: str, target: int, mode: str, w2: int, topk: int, dqk: int, d
         # 180 B at head_dim 128 on sm_90), 16 for IEEE at head_dim 128 (140 B at 32)
         bm = 16 if (mode == "ieee" and wide) else 32 if (mode == "tf32" or wide) else 64
         cfg = dict(BLOCK_M=bm, BLOCK_N=bn, **bd, num_warps=8 if bn >= 64 else 4, num_stages=2)
+        if mode == "ieee" and target >= 90:
+            # sm_90's ptxas held IEEE dK/dV to 64-128 registers and spilled 2.6-3.9 KB at
+            # 64-row query blocks; 32 rows and 8 warps (32-key tiles at head_dim 128) fit
+            cfg.update(BLOCK_M=32, num_warps=8, BLOCK_N=32 if wide else bn)
     else:
         bm = _clamp_pow2(w2)
         bn = _clamp_pow2(topk * w2)
@@ -294,6 +300,8 @@ def _routed(kernel: str, target: int, mode: str, w2: int, topk: int, dqk: int, d
         # fp32 operands of a 64-row tile: 8 warps (4 spilled 332 B / 736 B on sm_80 in IEEE)
         cfg = dict(BLOCK_M=bm, BLOCK_N=bn, **bd, num_warps=8 if mode != "16" and bm >= 64 else 4,
                    num_stages=2)
+        if mode == "ieee" and wide and target >= 90 and kernel == "fwd":
+            cfg["num_warps"] = 8        # 912 B spilled at 4 warps on sm_90
     if _small_smem(target) and (wide or mode != "16") and kernel != "fwd":
         cfg["num_stages"] = 1
         if wide and mode != "16":
