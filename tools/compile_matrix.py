@@ -337,7 +337,7 @@ def run_matrix(models: Sequence[str], targets: Sequence[int], dtypes: Sequence[s
         rec_path = Path(tmp) / "records.json"
         rec_path.write_text(json.dumps({m: e for m, e in records.items() if "error" not in e}))
         pending = list(archs)
-        running: List[Tuple[int, subprocess.Popen, Path]] = []
+        running: List[Tuple[int, subprocess.Popen, Path, Any]] = []
         while pending or running:
             while pending and len(running) < max(1, jobs):
                 arch = pending.pop(0)
@@ -349,10 +349,19 @@ def run_matrix(models: Sequence[str], targets: Sequence[int], dtypes: Sequence[s
                 cmd += ["--dry-run"] if dry_run else []
                 rep = representative is True or arch in (representative or ())
                 cmd += ["--representative"] if rep else []
+                log = open(Path(tmp) / f"worker_{arch}.log", "w+")
                 running.append((arch, subprocess.Popen(cmd, env=_child_env(), cwd=str(ROOT),
-                                                       stderr=subprocess.PIPE, text=True), out))
-            arch, proc, out = running.pop(0)
-            _, err = proc.communicate()
+                                                       stderr=log, text=True), out, log))
+            done = None
+            while done is None:      # whichever worker ends first frees its slot
+                done = next((r for r in running if r[1].poll() is not None), None)
+                if done is None:
+                    time.sleep(1.0)
+            running.remove(done)
+            arch, proc, out, log = done
+            log.seek(0)
+            err = log.read()
+            log.close()
             if proc.returncode != 0 or not out.is_file():
                 results.append({"arch": arch, "rows": [], "seconds": 0.0, "reference": {},
                                 "error": (err or "")[-2000:]})
