@@ -263,6 +263,8 @@ def _window(kernel: str, target: int, mode: str, tokens: int, head_dim: int,
             # 48 B on sm_90; sm_89's ptxas spilled 32 B at window 12 / head_dim 64 in bf16
             # where sm_80's did not
             cfg.update(BLOCK=16, NB=-(-tokens // 16))
+        if mode == "16" and target >= 90 and block_d >= 64 and tokens <= 64 and forced is None:
+            cfg["num_warps"] = 4    # sm_90's ptxas held 8 warps to 128 regs: 8 B spilled
     if _small_smem(target) and mode != "16" and block_d >= 64:
         cfg["num_stages"] = 1       # fp32 K/V stages of a 64 x 64 tile overflow ~99 KB
     return cfg
