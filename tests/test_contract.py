@@ -127,6 +127,10 @@ def test_forward_intermediates_match_forward_features(name):
         torch.testing.assert_close(final, model.forward_features(x))
 
 
+def o_fmt(model) -> str:
+    return getattr(model, "output_fmt", "NCHW")
+
+
 @pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_features_only(name):
     model = timm.create_model(name, features_only=True).eval()
@@ -134,8 +138,10 @@ def test_features_only(name):
     with torch.no_grad():
         outs = model(x)
     assert len(outs) == len(model.feature_info.channels())
+    # NHWC where timm's twin gives NHWC (Swin), NCHW elsewhere: the layout the model declares
+    channel_dim = -1 if o_fmt(model) == "NHWC" else 1
     for c, o in zip(model.feature_info.channels(), outs):
-        assert o.shape[1 if o.ndim == 4 else -1] == c
+        assert o.shape[channel_dim if o.ndim == 4 else -1] == c
         assert torch.isfinite(o).all()
 
 
