@@ -130,3 +130,14 @@ def test_differences_name_every_changed_field(monkeypatch):
     assert diff['weight_decay'] == (0.025, 0.032) and diff['amp'] == (True, False)
     assert diff['global_batch'] == (1024, 2048) and diff['lr'] == (pytest.approx(2e-3), 4e-3)
     assert 'epochs_run' not in diff and 'aug_repeats' not in diff
+
+
+@pytest.mark.parametrize('name', [n for n in sorted(ROWS) if re.match(r'(caformer|convformer|poolformer)/(caformer|convformer|poolformer)_', n)])
+def test_metaformer_recipes_train_the_official_head(name, monkeypatch):
+    """The official models put the head dropout after the hidden layer (sail-sg MlpHead) and use their
+    own head norms: a recipe trains that model, not timm's head (kept for timm's weights)."""
+    monkeypatch.delenv('WORLD_SIZE', raising=False)
+    args = parse_args(['--config', name, '--print-config'])
+    assert args.model_kwargs.get('official_head') is True
+    model = timm.create_model(args.model, device='meta', **args.model_kwargs)
+    assert model.official_head is True
