@@ -1,4 +1,5 @@
 """BiFormer: the mixers against the official algorithm, the official variants, the official checkpoint layout."""
+import os
 import re
 
 import pytest
@@ -141,16 +142,15 @@ OFFICIAL_GMACS = {
 
 
 def test_every_variant_is_registered_with_the_official_url():
+    """rayleizhu/BiFormer@1697bbb's OneDrive links, cached under the official code's file names."""
     assert set(vitzoo.list_models("*biformer*")) == set(VARIANTS)
-    urls = {
-        "vitzoo_biformer_tiny": "https://matix.li/e36fe9fb086c",
-        "vitzoo_biformer_small": "https://matix.li/5bb436318902",
-        "vitzoo_biformer_base": "https://matix.li/995db75f585d",
-        "vitzoo_biformer_stl": "https://matix.li/4e9034a91a23",
-    }
-    for name, url in urls.items():
-        cfg = timm.models.get_pretrained_cfg(name)
-        assert cfg.url == url and cfg.hf_hub_id is None, name
+    tokens = {"tiny": "HEOoGkgwgQzEDlM", "small": "HDyM-x9KWRBZ832", "base": "HI_XPhoadjaNxtO",
+              "stl": "Sf-m7ujkvx9lIQ1"}
+    for short, token in tokens.items():
+        cfg = timm.models.get_pretrained_cfg(f"vitzoo_biformer_{short}")
+        url = f"https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvCh{token}/root/content"
+        assert cfg.url == (url, f"biformer_{short}_in1k.pth") and cfg.hf_hub_id is None, short
+        assert cfg.custom_load
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -345,23 +345,31 @@ def test_official_layout_loads_strict_with_identical_outputs(stl, wrapper):
         assert torch.equal(dst(x), src(x))
 
 
-def test_pretrained_true_loads_the_official_url_through_the_filter(monkeypatch):
-    """`pretrained=True` end to end without network: the URL loader is faked to return official keys."""
-    import timm.models._builder as builder
+@pytest.mark.parametrize("num_classes", [1000, 10])
+def test_pretrained_true_loads_the_official_url_through_the_filter(monkeypatch, tmp_path, num_classes):
+    """`pretrained=True` end to end without network: the download is faked to write an official-layout
+    file; it is cached as `biformer_tiny_in1k.pth` and loaded (weights only) through the filter."""
+    import timm.models._hub as hub
     src = _randomized(lambda: timm.create_model("vitzoo_biformer_tiny"))
     official = {_to_official(k, False): v.clone() for k, v in src.state_dict().items()}
-    urls = []
+    calls = []
 
-    def fake_load(url, **kwargs):
-        urls.append(url)
-        return {"model": dict(official)}
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, os.path.basename(dst)))
+        torch.save({"model": dict(official), "epoch": 299}, dst)
 
-    monkeypatch.setattr(builder, "load_state_dict_from_url", fake_load)
-    m = timm.create_model("vitzoo_biformer_tiny", pretrained=True).eval()
-    assert urls == ["https://matix.li/e36fe9fb086c"]
+    monkeypatch.setattr(hub, "download_url_to_file", fake_download)
+    monkeypatch.setattr(hub, "get_cache_dir", lambda *a, **k: str(tmp_path))
+    m = timm.create_model("vitzoo_biformer_tiny", pretrained=True, num_classes=num_classes).eval()
+    assert calls == [("https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvChHEOoGkgwgQzEDlM/root/content",
+                      "biformer_tiny_in1k.pth")]
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(m(x), src(x))
+        if num_classes == 1000:
+            assert torch.equal(m(x), src(x))
+        else:  # a new head of another size; the body is the checkpoint's
+            assert m(x).shape == (1, 10)
+            assert torch.equal(m.forward_features(x), src.forward_features(x))
 
 
 def test_official_file_loads_through_every_timm_loading_path(tmp_path):

@@ -260,5 +260,6 @@ def test_biformer_urls_are_the_official_repaired_links():
     expect = {'tiny': 'HEOoGkgwgQzEDlM', 'small': 'HDyM-x9KWRBZ832', 'base': 'HI_XPhoadjaNxtO',
               'stl': 'Sf-m7ujkvx9lIQ1'}
     for name, token in expect.items():
-        url = timm.models.get_pretrained_cfg(f'vitzoo_biformer_{name}').url
+        url, file_name = timm.models.get_pretrained_cfg(f'vitzoo_biformer_{name}').url
         assert url == f'https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvCh{token}/root/content', name
+        assert file_name == f'biformer_{name}_in1k.pth', 'cached under a real file name, not "content"'

@@ -189,6 +189,20 @@ class BiFormer(FeatureNormsMixin, HierarchicalBackbone):
         self.input_divisor = 1  # any size: strided convs, routed mixers pad to a multiple of n_win
         self.apply(init_linear_layernorm)
 
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """timm's `custom_load` hook for `pretrained=True`: the official OneDrive links all end in
+        `/root/content`, so the cfg names the cached file (`biformer_tiny_in1k.pth`, ...) and this loads it
+        (weights only) through `checkpoint_filter_fn`; a head of another size keeps its new init."""
+        state = checkpoint_filter_fn(torch.load(checkpoint_path, map_location="cpu", weights_only=True), self)
+        own = self.state_dict()
+        head = [k for k in state if k.startswith("head.") and (k not in own or own[k].shape != state[k].shape)]
+        for k in head:
+            del state[k]
+        result = self.load_state_dict(state, strict=not head)
+        stray = [k for k in result.missing_keys + result.unexpected_keys if not k.startswith("head.")]
+        if stray:
+            raise RuntimeError(f"{checkpoint_path}: checkpoint does not fit {type(self).__name__}: {stray[:5]}")
+
 
 # ---- official checkpoints ----------------------------------------------------------------------
 def _rename_block(rest: str) -> str:
@@ -248,9 +262,9 @@ def _create_biformer(variant: str, pretrained: bool, model_args: dict[str, Any],
     return build_zoo_model(BiFormer, variant, pretrained, filter_fn=checkpoint_filter_fn, **dict(model_args, **kwargs))
 
 
-def _cfg(url: str, first_conv: str = "stem.0.conv", **kwargs: Any) -> dict[str, Any]:
+def _cfg(url: tuple[str, str], first_conv: str = "stem.0.conv", **kwargs: Any) -> dict[str, Any]:
     return {
-        "url": url, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "url": url, "custom_load": True, "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
         "crop_pct": 0.875, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
         "first_conv": first_conv, "classifier": "head.fc", "license": "mit",
         "paper_ids": "arXiv:2303.08810", "origin_url": "https://github.com/rayleizhu/BiFormer",
@@ -264,10 +278,11 @@ def _cfg(url: str, first_conv: str = "stem.0.conv", **kwargs: Any) -> dict[str, 
 # code caches as f"{model_key}.pth" (biformer_tiny_in1k.pth, ...).
 _ONEDRIVE = "https://api.onedrive.com/v1.0/shares/s!AkBbczdRlZvCh{}/root/content"
 default_cfgs = generate_default_cfgs({
-    "vitzoo_biformer_tiny.in1k": _cfg(_ONEDRIVE.format("HEOoGkgwgQzEDlM")),
-    "vitzoo_biformer_small.in1k": _cfg(_ONEDRIVE.format("HDyM-x9KWRBZ832")),
-    "vitzoo_biformer_base.in1k": _cfg(_ONEDRIVE.format("HI_XPhoadjaNxtO")),
-    "vitzoo_biformer_stl.in1k": _cfg(_ONEDRIVE.format("Sf-m7ujkvx9lIQ1"), first_conv="stem.conv"),
+    "vitzoo_biformer_tiny.in1k": _cfg((_ONEDRIVE.format("HEOoGkgwgQzEDlM"), "biformer_tiny_in1k.pth")),
+    "vitzoo_biformer_small.in1k": _cfg((_ONEDRIVE.format("HDyM-x9KWRBZ832"), "biformer_small_in1k.pth")),
+    "vitzoo_biformer_base.in1k": _cfg((_ONEDRIVE.format("HI_XPhoadjaNxtO"), "biformer_base_in1k.pth")),
+    "vitzoo_biformer_stl.in1k": _cfg((_ONEDRIVE.format("Sf-m7ujkvx9lIQ1"), "biformer_stl_in1k.pth"),
+                                     first_conv="stem.conv"),
 })
 
 # Official variants: head_dim 32, n_win 7, topks (1, 4, 16, full attention), LePE 5x5, qk_dims = embed_dims.
