@@ -290,6 +290,8 @@ def _routed(kernel: str, target: int, mode: str, w2: int, topk: int, dqk: int, d
         # 180 B at head_dim 128 on sm_90), 16 for IEEE at head_dim 128 (140 B at 32)
         bm = 16 if (mode == "ieee" and wide) else 32 if (mode == "tf32" or wide) else 64
         cfg = dict(BLOCK_M=bm, BLOCK_N=bn, **bd, num_warps=8 if bn >= 64 else 4, num_stages=2)
+        if mode == "tf32" and target >= 100 and not wide:
+            cfg["num_warps"] = 4        # sm_100/sm_120 spilled 16/92 B at 8 warps (ptxas cap)
         if mode == "ieee" and target >= 90:
             # sm_90's ptxas held IEEE dK/dV to 64-128 registers and spilled 2.6-3.9 KB at
             # 64-row query blocks; 32 rows and 8 warps (32-key tiles at head_dim 128) fit
