@@ -258,28 +258,11 @@ class SwinTransformer(FeatureNormsMixin, HierarchicalBackbone):
                 m.dense_rule = dense
         self._dense_rule = dense
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            self.check_input(x)
-            self._select_window_rule(x)
-        x = self.stem(x)
-        x = self.stages(x)
-        return self.norm(x)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: int | list[int] | None = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = "NCHW",
-            intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """As the base (with the per-output norms if built), under the window rule of this input size."""
-        if not torch.jit.is_scripting():
-            self.check_input(x)
-            self._select_window_rule(x)
-        return super().forward_intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only)
+    def check_input(self, x: torch.Tensor) -> None:
+        """The base's checks, then the window rule for this input size: the base's forward_features and
+        forward_intermediates (features_only too) call this first, so both run under the right rule."""
+        super().check_input(x)
+        self._select_window_rule(x)
 
     @torch.jit.ignore
     def set_input_size(
