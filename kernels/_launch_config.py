@@ -213,6 +213,15 @@ def _na(kernel: str, target: int, mode: str, H: int, W: int, kernel_size: Sequen
                 cfg["RPC"] = max(cfg["RPC"], -(-16 // cfg["CW"]))
                 if _small_smem(target):   # sm_89's ptxas held 8 warps to 128 regs: 8 B spilled
                     cfg["num_warps"] = 4
+    if kernel == "fwd" and mode == "16" and target >= 120 and block_d >= 128:
+        cfg["num_warps"] = 4        # sm_120's ptxas held 8 warps to 128 regs: 32 B spilled at
+                                    # k = 13 (188 regs at 4 warps, none)
+    if kernel == "bwd" and override is None and H > 1:
+        if mode == "16" and target < 90 and not _small_smem(target) and cfg["RPC"] == 1 \
+                and cfg["CW"] == 32 and block_d <= 32:
+            cfg["num_stages"] = 1   # sm_80's ptxas spilled 8 B in dK/dV at k = 11 with 2 stages
+        elif mode == "tf32" and target >= 120 and block_d <= 32 and cfg["CW"] >= 16:
+            cfg["num_stages"] = 1   # sm_120's ptxas spilled 8 B in dQ at k = 7 with 2 stages
     if _small_smem(target):
         elem = 2 if mode == "16" else 4
         chunk = cfg["RPC"] * cfg["CW"] * cfg["BLOCK_D"] * elem * 2       # K and V of one chunk
@@ -254,6 +263,8 @@ def _window(kernel: str, target: int, mode: str, tokens: int, head_dim: int,
             cfg["num_warps"] = 8    # fp32 at 4 warps spilled: 764 B (IEEE, window 7, sm_80)
             if block_d >= 64 and forced is None and block > 32:
                 cfg.update(BLOCK=32, NB=-(-tokens // 32))
+        if mode == "tf32" and target >= 120 and block_d <= 32 and cfg["NB"] > 1 and forced is None:
+            cfg["num_stages"] = 1   # sm_120's ptxas spilled 48 B at window 12 with 2 stages
     else:
         cfg = dict(BLOCK=block, NB=nb, BLOCK_D=block_d, num_warps=8, num_stages=1)
         if forced is None and ((mode == "ieee" and (block_d >= 128 or
@@ -265,6 +276,10 @@ def _window(kernel: str, target: int, mode: str, tokens: int, head_dim: int,
             cfg.update(BLOCK=16, NB=-(-tokens // 16))
         if mode == "16" and target >= 90 and block_d >= 64 and tokens <= 64 and forced is None:
             cfg["num_warps"] = 4    # sm_90's ptxas held 8 warps to 128 regs: 8 B spilled
+        if mode == "ieee" and target >= 90 and block_d <= 32 and cfg["BLOCK"] == 16 \
+                and forced is None:
+            cfg["num_warps"] = 4    # 8 warps were held to 80 regs at window 12: 36 / 24 / 32 B
+                                    # spilled on sm_90 / sm_100 / sm_120; 4 warps: <= 128, none
     if _small_smem(target) and mode != "16" and block_d >= 64:
         cfg["num_stages"] = 1       # fp32 K/V stages of a 64 x 64 tile overflow ~99 KB
     return cfg
