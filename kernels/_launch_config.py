@@ -311,6 +311,8 @@ def _routed(kernel: str, target: int, mode: str, w2: int, topk: int, dqk: int, d
             # sm_90's ptxas held IEEE dK/dV to 64-128 registers and spilled 2.6-3.9 KB at
             # 64-row query blocks; 32 rows and 8 warps (32-key tiles at head_dim 128) fit
             cfg.update(BLOCK_M=32, num_warps=8, BLOCK_N=32 if wide else bn)
+        elif mode == "ieee" and _small_smem(target) and bn >= 64 and not wide:
+            cfg["BLOCK_M"] = 32         # sm_86/sm_89's ptxas spilled 2.8 KB at 64 rows x 64 keys
     else:
         bm = _clamp_pow2(w2)
         bn = _clamp_pow2(topk * w2)
