@@ -25,7 +25,7 @@ test: $(STAMP)
 
 # The same suite on the newest torch/triton pip resolves without the cap, in its own venv (CI runs both).
 test-newest:
-	$(MAKE) test VENV=.venv-newest PIP_ENV=PIP_CONSTRAINT=/dev/null
+	$(MAKE) --no-print-directory test VENV=.venv-newest PIP_ENV=PIP_CONSTRAINT=/dev/null
 
 bench: $(STAMP)
 	$(PY) tools/bench_kernels.py --device cuda

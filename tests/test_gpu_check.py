@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -39,9 +40,14 @@ def test_skips_with_one_line_without_cuda(tmp_path):
 @NO_CUDA
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_gpu_check_skips_cleanly():
-    """The target uses the system python3 (no venv, no pip): it must skip, torch or not."""
-    res = subprocess.run(["make", "-s", "gpu-check"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    """The target uses the system python3 (no venv, no pip): it must skip, torch or not.
+
+    Run as a top-level make: under `make test-newest` pytest inherits MAKEFLAGS/MAKELEVEL, and a
+    nested make would add its "Entering/Leaving directory" lines to the output.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    res = subprocess.run(["make", "-s", "--no-print-directory", "gpu-check"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.strip().splitlines()[-1] == "gpu_check: skipped: no CUDA device"
 
