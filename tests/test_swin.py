@@ -222,6 +222,49 @@ def test_features_only_returns_nhwc_maps_like_timm_and_nchw_with_getter():
         assert torch.equal(fc, fm.permute(0, 3, 1, 2))
 
 
+def _maps(out) -> list:
+    return list(out.values()) if isinstance(out, dict) else out
+
+
+@pytest.mark.parametrize("feature_cls", ["list", "dict", "hook"])
+def test_timm_feature_classes_like_twin_and_any_size(feature_cls):
+    """feature_cls 'list' / 'dict' / 'hook': timm's wrapper class, feature_info and NHWC maps on the twin's
+    weights (its features_only state dict loads strictly), and sizes the twin refuses, as the default."""
+    kw = dict(features_only=True, feature_cls=feature_cls, img_size=64, out_indices=(1, 3), **SMALL)
+    twin = timm.create_model("swin_tiny_patch4_window7_224", **kw).eval()
+    with torch.no_grad():  # perturb so every norm weight and bias matters
+        for p in twin.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    z = timm.create_model("vitzoo_swin_tiny_patch4_window7_224", **kw).eval()
+    res = z.load_state_dict(twin.state_dict(), strict=True)
+    assert not res.missing_keys and not res.unexpected_keys
+    assert isinstance(z, type(twin)) and z.feature_info.get_dicts() == twin.feature_info.get_dicts()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        got, want = z(x), twin(x)
+    assert type(got) is type(want) and [m.shape for m in _maps(got)] == [(1, 8, 8, 32), (1, 2, 2, 128)]
+    for a, b in zip(_maps(got), _maps(want)):
+        torch.testing.assert_close(a, b, **TOL)
+    # an odd size (timm's twin refuses it): the dense rule, the same maps as the default wrapper
+    default = timm.create_model("vitzoo_swin_tiny_patch4_window7_224", features_only=True, img_size=64,
+                                out_indices=(1, 3), **SMALL).eval()
+    default.load_state_dict(twin.state_dict(), strict=True)
+    x = torch.randn(1, 3, 50, 70)
+    with torch.no_grad():
+        got, ref = _maps(z(x)), default(x)
+    assert [m.shape for m in got] == [(1, 7, 9, 32), (1, 2, 3, 128)]
+    assert all(torch.equal(a, b) for a, b in zip(got, ref))
+    z.load_state_dict(z.state_dict(), strict=True)  # its own keys
+    with pytest.raises(ValueError, match="at least 32x32, got 20x64"):
+        z(torch.randn(1, 3, 20, 64))
+
+
+def test_timm_feature_classes_refuse_feature_norms():
+    with pytest.raises(ValueError, match="feature_norms=True .* default feature_cls"):
+        timm.create_model("vitzoo_swin_tiny_patch4_window7_224", features_only=True, feature_cls="list",
+                          feature_norms=True, device="meta", **SMALL)
+
+
 def test_grad_checkpointing_backward_matches():
     m = SwinTransformer(img_size=64, num_classes=3, drop_path_rate=0.0, **SMALL).train()
     x = torch.randn(2, 3, 64, 64)

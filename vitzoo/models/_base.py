@@ -22,6 +22,8 @@ from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch.utils.checkpoint import checkpoint
 
+from ._timm_features import resolve_feature_cls
+
 __all__ = [
     "ZooModel", "HierarchicalBackbone", "IsotropicBackbone", "ZooFeatureGetterNet", "build_zoo_model", "factory_defaults",
     "to_zoo_layout",
@@ -117,6 +119,15 @@ class ZooModel(nn.Module):
     min_input_size: int = 1
     #: parameter-name patterns (fnmatch on the leaf name) excluded from weight decay
     no_weight_decay_keys: tuple[str, ...] = ()
+    #: layout of `features_only` maps by default and from feature_cls 'list'/'dict'/'hook': NCHW, or
+    #: NHWC where timm's twin gives NHWC (Swin); `feature_cls='getter'` always gives NCHW, as timm's
+    features_fmt: str = "NCHW"
+
+    @torch.jit.ignore
+    def timm_feature_view(self) -> nn.Module:
+        """What timm's list / dict / hook feature wrappers walk (children by name, `feature_info`): the
+        model itself; a family whose timm twin names its modules otherwise returns a renamed view."""
+        return self
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Give every subclass `device=`/`dtype=` keyword arguments, applied while it builds."""
@@ -658,18 +669,20 @@ def build_zoo_model(
         pretrained: bool = False,
         filter_fn: Callable[[dict, nn.Module], dict] | None = None,
         default_out_indices: int | tuple[int, ...] = (0, 1, 2, 3),
-        flatten_sequential: bool = False,
         **kwargs: Any,
 ) -> nn.Module:
     """timm's `build_model_with_cfg` with the zoo's defaults: filtered weights, features via intermediates.
 
     `features_only=True` returns a ZooFeatureGetterNet over `forward_intermediates` (NCHW maps at
     `out_indices`, default `default_out_indices`: all four stages of a pyramid; the last n
-    blocks, given as an int, of an isotropic model). `flatten_sequential`: what timm's twin sets in
-    its feature config, so `feature_cls='list'` / `'dict'` / `'hook'` find the stages as they do there.
+    blocks, given as an int, of an isotropic model). `feature_cls='list'` / `'dict'` / `'hook'` give
+    the zoo's versions of timm's wrappers for a pyramid (vitzoo.models._timm_features), which walk
+    its stages (`flatten_sequential`, as timm's pyramids set it); other models get a clear error.
     """
     feature_cfg = dict(feature_cls=ZooFeatureGetterNet, out_indices=kwargs.pop("out_indices", default_out_indices))
-    if flatten_sequential:
+    if kwargs.get("features_only") and "feature_cls" in kwargs:
+        kwargs["feature_cls"] = resolve_feature_cls(model_cls, variant, kwargs["feature_cls"])
+    if issubclass(model_cls, HierarchicalBackbone):
         feature_cfg["flatten_sequential"] = True  # timm drops it for the getter classes
     model = build_model_with_cfg(
         model_cls,

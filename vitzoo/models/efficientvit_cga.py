@@ -313,7 +313,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> EfficientVitCGA:
     return build_zoo_model(
         EfficientVitCGA, variant, pretrained, filter_fn=checkpoint_filter_fn,
-        flatten_sequential=True, default_out_indices=(0, 1, 2), **kwargs)
+        default_out_indices=(0, 1, 2), **kwargs)
 
 
 def _cfg(timm_tag: str, **kwargs: Any) -> dict[str, Any]:

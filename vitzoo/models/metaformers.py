@@ -315,7 +315,7 @@ def _create_metaformer(variant: str, pretrained: bool = False, **kwargs: Any) ->
     num_stages = len(kwargs.get("depths", (2, 2, 6, 2)))
     return build_zoo_model(
         MetaFormer, variant, pretrained, filter_fn=checkpoint_filter_fn,
-        flatten_sequential=True, default_out_indices=tuple(range(num_stages)), **kwargs,
+        default_out_indices=tuple(range(num_stages)), **kwargs,
     )
 
 

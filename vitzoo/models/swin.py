@@ -136,6 +136,7 @@ class SwinTransformer(FeatureNormsMixin, HierarchicalBackbone):
     """
 
     output_fmt = "NHWC"
+    features_fmt = "NHWC"  # timm's Swin features are NHWC
     no_weight_decay_keys = ("relative_position_bias_table",)
     min_input_size = 32
     __jit_unused_properties__ = ["layers"]
@@ -210,6 +211,11 @@ class SwinTransformer(FeatureNormsMixin, HierarchicalBackbone):
         # what the image size must be a multiple of: nothing (the stem pads) unless timm's dynamic rule
         self.input_divisor = 1 if self.strict_img_size else max(self.stem.patch_size)
         self.apply(init_linear_layernorm)
+
+    @torch.jit.ignore
+    def timm_feature_view(self) -> nn.Module:
+        """timm's module names, for feature_cls 'list' / 'dict' / 'hook' (and their state dict keys)."""
+        return _TimmNamedSwin(self)
 
     @property
     def layers(self) -> nn.Sequential:
@@ -381,10 +387,25 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SwinTransfo
     return out
 
 
+class _TimmNamedSwin(nn.Module):
+    """A Swin's modules under the names timm's Swin gives them (`patch_embed`, `layers`, `norm`), with
+    its `feature_info`: what timm's list / dict / hook feature wrappers walk and its fx wrapper traces."""
+
+    def __init__(self, model: SwinTransformer) -> None:
+        super().__init__()
+        self.patch_embed, self.layers, self.norm = model.stem, model.stages, model.norm
+        self.feature_info = model.feature_info
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """For `feature_cls='fx'`, which traces it (built window rule, as timm's fx Swin)."""
+        return self.norm(self.layers(self.patch_embed(x)))
+
+
 def _create_swin(variant: str, pretrained: bool = False, **kwargs: Any) -> SwinTransformer:
     if kwargs.get("features_only") and "feature_cls" not in kwargs:
         kwargs["feature_cls"] = SwinFeatures  # NHWC, as timm's Swin; feature_cls='getter' gives NCHW
-    return build_zoo_model(SwinTransformer, variant, pretrained, filter_fn=checkpoint_filter_fn, **kwargs)
+    return build_zoo_model(
+        SwinTransformer, variant, pretrained, filter_fn=checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
