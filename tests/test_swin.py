@@ -265,6 +265,17 @@ def test_timm_feature_classes_refuse_feature_norms():
                           feature_norms=True, device="meta", **SMALL)
 
 
+def test_torchscript_picks_the_window_rule_per_input_like_eager():
+    """A scripted Swin decides the rule per input as eager does (dense off img_size, built at it)."""
+    with timm.set_scriptable(True):
+        m = SwinTransformer(img_size=64, num_classes=3, **SMALL).eval()
+    scripted = torch.jit.script(m)
+    for hw in [(96, 128), (64, 64), (50, 70), (64, 64)]:
+        x = torch.randn(1, 3, *hw)
+        with torch.no_grad():
+            assert torch.equal(scripted(x), m(x)), hw
+
+
 def test_grad_checkpointing_backward_matches():
     m = SwinTransformer(img_size=64, num_classes=3, drop_path_rate=0.0, **SMALL).train()
     x = torch.randn(2, 3, 64, 64)

@@ -315,9 +315,16 @@ class HierarchicalBackbone(ZooModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
             self.check_input(x)
+        else:
+            self.scripted_input_rule(x)
         x = self.stem(x)
         x = self.stages(x)
         return self.norm(x)
+
+    def scripted_input_rule(self, x: torch.Tensor) -> None:
+        """Under TorchScript, where `check_input` is compiled out: what a family must still decide per input
+        size (Swin's window rule). Nothing here."""
+        pass
 
     def forward_intermediates(
             self,
@@ -333,6 +340,8 @@ class HierarchicalBackbone(ZooModel):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         if not torch.jit.is_scripting():
             self.check_input(x)
+        else:
+            self.scripted_input_rule(x)
         num_stages = len(self.stages)
         take_indices, max_index = feature_take_indices(num_stages, indices)
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]

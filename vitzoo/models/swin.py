@@ -264,6 +264,16 @@ class SwinTransformer(FeatureNormsMixin, HierarchicalBackbone):
                 m.dense_rule = dense
         self._dense_rule = dense
 
+    def scripted_input_rule(self, x: torch.Tensor) -> None:
+        """The window rule for this input size in a TorchScript copy (eager: `_select_window_rule`)."""
+        img_size = self.stem.img_size
+        dense = False
+        if self.strict_img_size and img_size is not None:
+            dense = x.shape[-2] != img_size[0] or x.shape[-1] != img_size[1]
+        for stage in self.stages:
+            for blk in stage.blocks:
+                blk.token_mixer.dense_rule = dense
+
     def check_input(self, x: torch.Tensor) -> None:
         """The base's checks, then the window rule for this input size: the base's forward_features and
         forward_intermediates (features_only too) call this first, so both run under the right rule."""
