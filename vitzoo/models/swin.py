@@ -250,35 +250,27 @@ class SwinTransformer(FeatureNormsMixin, HierarchicalBackbone):
                 f"{name} with dynamic_img_size needs image height and width that are positive multiples "
                 f"of the patch size {ph}x{pw}, got {height}x{width}")
 
-    @torch.jit.unused
-    def _select_window_rule(self, x: torch.Tensor) -> None:
-        """Built rule at `img_size` (and always with `dynamic_img_size`), the dense rule otherwise;
-        sets every window mixer's `dense_rule` when it changes (not while FX traces: sizes unknown)."""
-        if _is_tracing():
-            return
-        dense = self.strict_img_size and (int(x.shape[-2]), int(x.shape[-1])) != tuple(self.stem.img_size)
-        if dense == self._dense_rule:
-            return
-        for m in self.modules():
-            if isinstance(m, ShiftedWindowAttention):
-                m.dense_rule = dense
-        self._dense_rule = dense
-
     def scripted_input_rule(self, x: torch.Tensor) -> None:
-        """The window rule for this input size in a TorchScript copy (eager: `_select_window_rule`)."""
+        """The window rule for this input size: the built rule at `img_size` (and always with
+        `dynamic_img_size`), the dense rule otherwise; sets every window mixer's `dense_rule` when it
+        changes. Eager runs it from `check_input`, a TorchScript copy from the base's forward."""
         img_size = self.stem.img_size
         dense = False
         if self.strict_img_size and img_size is not None:
-            dense = x.shape[-2] != img_size[0] or x.shape[-1] != img_size[1]
-        for stage in self.stages:
-            for blk in stage.blocks:
-                blk.token_mixer.dense_rule = dense
+            dense = int(x.shape[-2]) != img_size[0] or int(x.shape[-1]) != img_size[1]
+        if dense != self._dense_rule:
+            for stage in self.stages:
+                for blk in stage.blocks:
+                    blk.token_mixer.dense_rule = dense
+            self._dense_rule = dense
 
     def check_input(self, x: torch.Tensor) -> None:
         """The base's checks, then the window rule for this input size: the base's forward_features and
-        forward_intermediates (features_only too) call this first, so both run under the right rule."""
+        forward_intermediates (features_only too) call this first, so both run under the right rule
+        (not while FX traces: sizes unknown)."""
         super().check_input(x)
-        self._select_window_rule(x)
+        if not _is_tracing():
+            self.scripted_input_rule(x)
 
     @torch.jit.ignore
     def set_input_size(
@@ -414,8 +406,7 @@ class _TimmNamedSwin(nn.Module):
 def _create_swin(variant: str, pretrained: bool = False, **kwargs: Any) -> SwinTransformer:
     if kwargs.get("features_only") and "feature_cls" not in kwargs:
         kwargs["feature_cls"] = SwinFeatures  # NHWC, as timm's Swin; feature_cls='getter' gives NCHW
-    return build_zoo_model(
-        SwinTransformer, variant, pretrained, filter_fn=checkpoint_filter_fn, **kwargs)
+    return build_zoo_model(SwinTransformer, variant, pretrained, filter_fn=checkpoint_filter_fn, **kwargs)
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
