@@ -121,7 +121,8 @@ def main(out: str = DEFAULT_OUT) -> None:
 
     print("recording from", vitzoo.__file__)
     torch.set_num_threads(1)  # the test recomputes single-threaded too: same summation order
-    data = {"vitzoo_file": vitzoo.__file__, "torch": str(torch.__version__), "models": {}}
+    data = {"vitzoo_file": vitzoo.__file__, "torch": str(torch.__version__),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "models": {}}
     for name in timm.list_models("vitzoo_*"):
         size = trained_size(name)
         data["models"][name] = record(name, size)

@@ -5,8 +5,10 @@ down to its documented minimum (`min_input_size`), and returns one map per `feat
 its channels, at its reduction (between floor and ceil of size / reduction, whatever padding the
 family does inside). CrossViT follows timm's twin, which rescales every input to each branch's
 trained size, so its maps keep the trained-size shape. At the trained size the classifier's
-logits and the feature maps stay bit-for-bit what they were (tests/data/dense_baseline.pt,
-recorded by tests/make_dense_baseline.py from the code before the change).
+logits and the feature maps are what they were before the change (tests/data/dense_baseline.pt,
+recorded from the pre-change code by tests/make_dense_baseline.py; today's code reproduces it bit
+for bit on the machine that recorded it). The test allows float32 rounding: another CPU's
+kernels sum in another order.
 
 The default run checks one small model per family; `-m slow` every registered model.
 """
@@ -69,9 +71,21 @@ def test_features_at_detection_sizes(name, one_thread):
             features(torch.randn(1, 3, m - 1, m + 5))
 
 
+# Bit for bit holds only on the arithmetic the baseline was recorded with: two Xeons with the same
+# torch and the same AVX-512 capability gave values up to 1.4e-5 apart over the 84 models (other
+# MKL/oneDNN kernels), so the test allows float32 rounding, 7x above that and far below what a
+# changed path gives (padding at the trained size, another window rule: 1e-2 and more).
+RTOL, ATOL = 1e-4, 1e-4
+
+
+def _assert_same(what: str, n: torch.Tensor, o: torch.Tensor) -> None:
+    diff = (n - o).abs().max().item()
+    assert torch.allclose(n, o, rtol=RTOL, atol=ATOL), f"{what} values differ (max abs diff {diff:.3g})"
+
+
 @pytest.mark.parametrize("name", _params(ALL_MODELS))
 def test_trained_size_outputs_unchanged(name, one_thread):
-    """Logits and features at the trained size equal the recorded ones bit for bit (tolerance 0)."""
+    """Logits and features at the trained size equal the recorded ones within float32 rounding."""
     if name not in BASELINE["models"]:
         pytest.skip(f"{name} has no recorded baseline (registered after tests/data/dense_baseline.pt)")
     old = BASELINE["models"][name]
@@ -83,9 +97,11 @@ def test_trained_size_outputs_unchanged(name, one_thread):
     for what, o, n in pairs:
         assert tuple(n["shape"]) == tuple(o["shape"]), f"{name} {what}: shape {n['shape']} != {o['shape']}"
         for key in ("head", "spread"):
-            diff = (n[key] - o[key]).abs().max().item()
-            assert torch.equal(n[key], o[key]), f"{name} {what}: {key} values differ (max abs diff {diff:.3g})"
-        assert (n["sum"], n["abs_sum"]) == (o["sum"], o["abs_sum"]), f"{name} {what}: sums differ"
+            _assert_same(f"{name} {what}: {key}", n[key], o[key])
+        for key in ("sum", "abs_sum"):
+            got, want = torch.tensor(n[key]), torch.tensor(o[key])
+            tol = RTOL * float(o["abs_sum"]) + ATOL
+            assert (got - want).abs().item() <= tol, f"{name} {what}: {key} {n[key]!r} != {o[key]!r}"
 
 
 def test_baseline_covers_every_registered_model():
