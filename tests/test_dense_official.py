@@ -13,6 +13,9 @@
     (`mask_rcnn_swin_tiny_patch4_window7_1x.pth`);
   - rayleizhu/BiFormer `object_detection/models_mm/biformer_mm.py` (`BiFormer_mm`, what its
     `maskrcnn.1x.biformer_small.py` run saves as `epoch_12.pth`; the repo publishes logs only);
+  - sail-sg/poolformer `models/poolformer.py` with `fork_feat=True` (`poolformer_s12_feat`), shared by
+    its `detection/` (`mask_rcnn_poolformer_s12_fpn_1x_coco`; RetinaNet runs with `FORK_LAST3=1`, no
+    `norm0`) and `segmentation/` (`fpn_poolformer_s12_ade20k_40k`) configs;
 * timm's feature contract for Swin (NHWC, feature_info, state_dict of timm's features_only model,
   values on timm's weights at a non-square size);
 * under Triton's interpreter, the fused NA / window / routed kernels take the padded maps.
@@ -35,6 +38,7 @@ from test_nat import brute_na2d
 from vitzoo.layers.routing_attention import AttentionLePE, BiLevelRoutingAttention
 from vitzoo.models import biformer as bf_mod
 from vitzoo.models import dinat_s as dinat_s_mod
+from vitzoo.models import metaformers as metaformer_mod
 from vitzoo.models import nat as nat_mod
 from vitzoo.models import swin as swin_mod
 
@@ -447,6 +451,57 @@ def official_biformer_forward(sd, x, cfg):
     return outs
 
 
+POOLFORMER_CFG = dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 40))
+
+
+def official_poolformer_state(cfg, fork_last3=False):
+    """models/poolformer.py `PoolFormer(fork_feat=True)`: patch_embed.proj, network.{2i} = stage i's
+    PoolFormerBlocks (norm1, norm2: GroupNorm(1, C); mlp.fc1/fc2: 1x1 convs; layer_scale_1/2),
+    network.{2i+1}.proj = 3x3/2 downsample, out norms norm{0,2,4,6} (norm0 an Identity with FORK_LAST3)."""
+    sd, dims = _Official(4), cfg["dims"]
+    sd.t("patch_embed.proj.weight", dims[0], 3, 7, 7)
+    sd.t("patch_embed.proj.bias", dims[0])
+    for i, (depth, c) in enumerate(zip(cfg["depths"], dims)):
+        for j in range(depth):
+            p = f"network.{2 * i}.{j}"
+            sd.ln(f"{p}.norm1", c)
+            sd.ln(f"{p}.norm2", c)
+            sd.t(f"{p}.mlp.fc1.weight", 4 * c, c, 1, 1)
+            sd.t(f"{p}.mlp.fc1.bias", 4 * c)
+            sd.t(f"{p}.mlp.fc2.weight", c, 4 * c, 1, 1)
+            sd.t(f"{p}.mlp.fc2.bias", c)
+            sd.t(f"{p}.layer_scale_1", c, kind="norm")
+            sd.t(f"{p}.layer_scale_2", c, kind="norm")
+        if i + 1 < len(dims):
+            sd.t(f"network.{2 * i + 1}.proj.weight", dims[i + 1], c, 3, 3)
+            sd.t(f"network.{2 * i + 1}.proj.bias", dims[i + 1])
+        if i or not fork_last3:
+            sd.ln(f"norm{2 * i}", c)
+    return sd
+
+
+def official_poolformer_forward(sd, x, cfg):
+    """PoolFormer.forward_tokens with fork_feat: every network entry in turn, norm{idx} on idx 0/2/4/6."""
+    x = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=4, padding=2)
+    outs = []
+    for i, depth in enumerate(cfg["depths"]):
+        if i:
+            x = F.conv2d(x, sd[f"network.{2 * i - 1}.proj.weight"], sd[f"network.{2 * i - 1}.proj.bias"], stride=2,
+                         padding=1)
+        for j in range(depth):
+            p = f"network.{2 * i}.{j}"
+            y = F.group_norm(x, 1, sd[f"{p}.norm1.weight"], sd[f"{p}.norm1.bias"], 1e-5)
+            y = F.avg_pool2d(y, 3, 1, 1, count_include_pad=False) - y
+            x = x + sd[f"{p}.layer_scale_1"][:, None, None] * y
+            y = F.group_norm(x, 1, sd[f"{p}.norm2.weight"], sd[f"{p}.norm2.bias"], 1e-5)
+            y = F.conv2d(F.gelu(F.conv2d(y, sd[f"{p}.mlp.fc1.weight"], sd[f"{p}.mlp.fc1.bias"])),
+                         sd[f"{p}.mlp.fc2.weight"], sd[f"{p}.mlp.fc2.bias"])
+            x = x + sd[f"{p}.layer_scale_2"][:, None, None] * y
+        norm = f"norm{2 * i}"
+        outs.append(F.group_norm(x, 1, sd[f"{norm}.weight"], sd[f"{norm}.bias"], 1e-5) if f"{norm}.weight" in sd else x)
+    return outs
+
+
 # ---- the cases: (zoo model + kwargs, official state, official forward, official file name) ------------
 def _nat_case():
     heads = NAT_CFG["num_heads"]
@@ -474,7 +529,17 @@ def _biformer_case():
         "epoch_12.pth"
 
 
-CASES = {"nat": _nat_case, "dinat_s": _dinat_s_case, "swin": _swin_case, "biformer": _biformer_case}
+def _poolformer_case(fork_last3=False):
+    sd = official_poolformer_state(POOLFORMER_CFG, fork_last3)
+    file_name = "retinanet_poolformer_s12_fpn_1x_coco.pth" if fork_last3 else "mask_rcnn_poolformer_s12_fpn_1x_coco.pth"
+    return ("vitzoo_poolformer_s12", dict(POOLFORMER_CFG), sd,
+            lambda x: official_poolformer_forward(sd, x, POOLFORMER_CFG), file_name)
+
+
+CASES = {"nat": _nat_case, "dinat_s": _dinat_s_case, "swin": _swin_case, "biformer": _biformer_case,
+         "poolformer": _poolformer_case, "poolformer_retinanet": lambda: _poolformer_case(fork_last3=True)}
+FILTERS = {"nat": nat_mod, "dinat_s": dinat_s_mod, "swin": swin_mod, "biformer": bf_mod, "poolformer": metaformer_mod,
+           "poolformer_retinanet": metaformer_mod}
 
 
 def _nchw(feats, name):
@@ -502,7 +567,7 @@ def test_official_dense_checkpoint_loads_and_gives_the_official_maps(case, tmp_p
     m2.load_state_dict(torch.load(path, weights_only=True)["state_dict"], strict=True)
     # 3) the family's checkpoint_filter_fn on the whole file, into the wrapped model (strict)
     m3 = timm.create_model(name, features_only=True, feature_norms=True, **kw).eval()
-    filter_fn = {"nat": nat_mod, "dinat_s": dinat_s_mod, "swin": swin_mod, "biformer": bf_mod}[case].checkpoint_filter_fn
+    filter_fn = FILTERS[case].checkpoint_filter_fn
     m3.model.load_state_dict(filter_fn(torch.load(path, weights_only=True), m3.model), strict=True)
     with torch.no_grad():
         for other in (m2, m3):
@@ -663,3 +728,14 @@ def test_interp_child_dense_cases(monkeypatch):
 def test_fused_kernels_take_padded_maps_under_interpreter():
     out = run_interpreted(__file__, "test_interp_child_dense_cases", "VITZOO_DENSE_TEST_CHILD", timeout=900)
     assert "DENSE_INTERP_OK" in out
+
+
+def test_feature_norms_only_where_an_official_dense_backbone_has_them():
+    """PoolFormer v1 has sail-sg's dense backbone (GroupNorm per output); v2 / ConvFormer / CAFormer none."""
+    for name in ("vitzoo_poolformerv2_s12", "vitzoo_caformer_s18"):
+        with pytest.raises(ValueError, match="only PoolFormer v1"):
+            timm.create_model(name, features_only=True, feature_norms=True, depths=(1, 1, 1, 1))
+    m = timm.create_model("vitzoo_poolformer_s12", features_only=True, feature_norms=True, out_indices=(1, 3),
+                          **POOLFORMER_CFG).eval()
+    assert [type(n).__name__ for n in m.model.feature_norms] == ["GroupNorm1"] * 4
+    assert m.feature_info.channels() == [24, 40]

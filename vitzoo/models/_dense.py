@@ -2,9 +2,10 @@
 
 The dense backbones of NAT / DiNAT / DiNAT-s (SHI-Labs `detection/`, `segmentation/`), Swin
 (`Swin-Transformer-Object-Detection`, `mmdet/models/backbones/swin_transformer.py`) and BiFormer
-(`object_detection/models_mm/biformer_mm.py`, `semantic_segmentation/models_mm/biformer_mm.py`)
-are the classification model without its final norm and head, plus one norm per stage output
-(`norm0..norm3` / `extra_norms.0..3`) applied to the features they return. Their checkpoints are
+(`object_detection/models_mm/biformer_mm.py`, `semantic_segmentation/models_mm/biformer_mm.py`) and
+PoolFormer (sail-sg/poolformer `models/poolformer.py`, `fork_feat=True`) are the classification
+model without its final norm and head, plus one norm per stage output (`norm0..norm3` /
+`extra_norms.0..3` / PoolFormer's `norm0/2/4/6`) applied to the features they return. Their checkpoints are
 what mmdet / mmseg save: `{'meta', 'state_dict': {'backbone.*', 'neck.*', 'rpn_head.*', ...}}`.
 
 `FeatureNormsMixin` gives a hierarchical family those per-output norms (model argument

@@ -15,7 +15,8 @@ timm's - any image of at least 3x3 (the 7x7/4 stem, padding 2), the strided conv
 convs do (250x333 -> 62x83, 31x42, 16x21, 8x11); `features_only` gives timm's layout and
 feature_info and loads the state dict of timm's `features_only` twin. Weights: timm's
 hub checkpoints, the official sail-sg/poolformer (v1) and sail-sg/metaformer (v2, ConvFormer,
-CAFormer) layouts all load through `checkpoint_filter_fn`.
+CAFormer) layouts all load through `checkpoint_filter_fn`, and so does the backbone of a
+sail-sg/poolformer detection / segmentation checkpoint (v1 with `feature_norms=True`).
 """
 import re
 from typing import Any, Callable, Sequence
@@ -35,6 +36,7 @@ from vitzoo.layers.pooling_mixer import Pooling
 from vitzoo.layers.sep_conv_mixer import SepConv, StarReLU
 
 from ._base import HierarchicalBackbone, build_zoo_model
+from ._dense import FeatureNormsMixin, dense_backbone_weights, take_feature_norms
 from ._registry import register_model
 
 __all__ = ["MetaFormer", "checkpoint_filter_fn"]
@@ -66,7 +68,7 @@ class TokenStage(Stage):
         return x.transpose(1, 2).reshape(B, C, H, W)
 
 
-class MetaFormer(HierarchicalBackbone):
+class MetaFormer(FeatureNormsMixin, HierarchicalBackbone):
     """stem (conv 7x7/4) -> 4 stages of MetaFormer blocks (conv 3x3/2 downsample between) -> head.
 
     Args:
@@ -92,6 +94,9 @@ class MetaFormer(HierarchicalBackbone):
         head_mlp_ratio: hidden width of the MLP head / dims[-1].
         official_head: the official code's head computation instead of timm's (see `set_official_head`);
             the checkpoint filter switches it on when it loads an official sail-sg file, off for timm's.
+        feature_norms: PoolFormer v1 only: one GroupNorm(1, C) per stage output in `forward_intermediates`
+            / `features_only`, the `norm0/2/4/6` of sail-sg/poolformer's detection / segmentation
+            backbone (`fork_feat=True`), so its mmdet / mmseg checkpoints load.
     """
 
     output_fmt = "NCHW"
@@ -118,6 +123,7 @@ class MetaFormer(HierarchicalBackbone):
             use_mlp_head: bool = True,
             head_mlp_ratio: float = 4.0,
             official_head: bool = False,
+            feature_norms: bool = False,
     ) -> None:
         super().__init__()
         num_stages = len(depths)
@@ -157,6 +163,12 @@ class MetaFormer(HierarchicalBackbone):
             stages.append((TokenStage if tokens else Stage)(blocks, down))
         self.stages = nn.Sequential(*stages)
         self.norm = nn.Identity()  # MetaFormer normalises after pooling, in the head
+        #: PoolFormer v1 (GroupNorm blocks with bias, no MLP head): the official head norms the map first
+        self._v1_head = not use_mlp_head and norm_layers[0] is GroupNorm1
+        if feature_norms and not self._v1_head:
+            raise ValueError("feature_norms=True: only PoolFormer v1 has an official dense backbone with "
+                             "per-output norms (sail-sg/poolformer detection/segmentation)")
+        self.init_feature_norms(feature_norms, dims, lambda d: GroupNorm1(d, eps=1e-5))
 
         hidden = int(head_mlp_ratio * dims[-1]) if use_mlp_head else None
         self.head = MetaFormerHead(dims[-1], num_classes, pool_type=global_pool, hidden_size=hidden,
@@ -171,8 +183,6 @@ class MetaFormer(HierarchicalBackbone):
         self.min_input_size = 3
         if not self.head.norm.weight.is_meta:  # nothing to initialise on 'meta' (and it is slow there)
             self._init_family_weights()
-        #: PoolFormer v1 (GroupNorm blocks with bias, no MLP head): the official head norms the map first
-        self._v1_head = not use_mlp_head and norm_layers[0] is GroupNorm1
         self.official_head = False
         self.set_official_head(official_head)
 
@@ -271,18 +281,38 @@ def _apply_rules(k: str, rules: Sequence[tuple[str, str]]) -> str:
     return k
 
 
+def _take_poolformer_dense_norms(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """sail-sg/poolformer's dense backbone norms `norm{0,2,4,6}` (named by their `network` index) ->
+    `feature_norms.{0..3}`. Its RetinaNet runs (`FORK_LAST3=1`) keep `norm0` an Identity, so a file
+    without it gets an Identity first norm here too, as that backbone computes."""
+    rx = re.compile(r"^norm(\d+)\.")
+    idx = {int(m.group(1)) for k in state_dict for m in [rx.match(k)] if m}
+    if not idx:
+        return state_dict
+    state_dict = {rx.sub(lambda m: f"norm{int(m.group(1)) // 2}.", k, count=1): v for k, v in state_dict.items()}
+    state_dict = take_feature_norms(state_dict, r"^norm(\d+)\.", model)
+    if 0 not in idx and not isinstance(model.feature_norms[0], nn.Identity):
+        model.feature_norms[0] = nn.Identity()
+    return state_dict
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """timm's or the official (sail-sg/poolformer, sail-sg/metaformer) state dict -> ours.
 
     Official checkpoints are channels-last (Linear pointwise / MLP weights `[out, in]`); they are
-    reshaped to our 1x1-conv shapes `[out, in, 1, 1]` where the element counts agree.
+    reshaped to our 1x1-conv shapes `[out, in, 1, 1]` where the element counts agree. The backbone
+    of a sail-sg/poolformer mmdet / mmseg checkpoint (`backbone.*`, per-output norms `norm0/2/4/6`)
+    loads into a PoolFormer v1 built with `feature_norms=True`.
     """
     for wrapper in ("state_dict", "model"):
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
             state_dict = state_dict[wrapper]
+    state_dict = dense_backbone_weights(state_dict)
     official = None  # which head computation the weights were trained with (None: ours, keep the model's)
     if "network.0.0.mlp.fc1.weight" in state_dict:
-        rename, official = _poolformer_v1_key, True
+        # a dense backbone (no `norm`/`head`: norms per output instead) leaves the head as it is
+        rename, official = _poolformer_v1_key, (True if "norm.weight" in state_dict else None)
+        state_dict = _take_poolformer_dense_norms(state_dict, model)
     elif "downsample_layers.0.conv.weight" in state_dict:
         rename, official = (lambda k: _apply_rules(k, _METAFORMER_RULES)), True  # noqa: E731
     else:  # timm's layout, or already ours (the timm rules leave our names alone)
