@@ -23,7 +23,7 @@ from timm.models._features import feature_take_indices
 
 from ._base import _to_fmt
 
-__all__ = ["FeatureNormsMixin", "dense_backbone_weights", "take_feature_norms"]
+__all__ = ["FeatureNormsMixin", "backbone_state", "dense_backbone_weights", "take_feature_norms"]
 
 
 class FeatureNormsMixin:
@@ -78,6 +78,16 @@ def dense_backbone_weights(state_dict: dict[str, Any]) -> dict[str, Any]:
     if not any(k.startswith("backbone.") for k in state_dict):
         return state_dict
     return {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+
+
+def backbone_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The model's weights in a checkpoint file: the `model` / `state_dict` container if there is one,
+    then the backbone of an mmdet / mmseg detector (`dense_backbone_weights`)."""
+    for wrapper in ("model", "state_dict"):
+        if isinstance(checkpoint.get(wrapper), dict):
+            checkpoint = checkpoint[wrapper]
+            break
+    return dense_backbone_weights(checkpoint)
 
 
 def take_feature_norms(state_dict: dict[str, Any], pattern: str, model: nn.Module) -> dict[str, Any]:

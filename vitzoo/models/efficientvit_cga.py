@@ -34,6 +34,7 @@ from ..layers.attention_bias import resize_attention_biases
 from ..layers.cascaded_group_attention import LocalWindowAttention
 from ..layers.conv_bn import BNLinearHead, ConvBNStem, ConvFFNPatchMerging, conv_ffn_block, fuse_modules
 from ._base import HierarchicalBackbone, build_zoo_model
+from ._dense import backbone_state
 from ._registry import register_model
 
 __all__ = ["EfficientVitCGA", "EfficientVitBlock", "EfficientVitMacro", "checkpoint_filter_fn"]
@@ -294,8 +295,9 @@ def rename_key(key: str, rules: list) -> str:
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """timm (`stages.*`, `patch_embed.convN`) or official (`blocks1..3`, `.c`, `.l`) weights -> ours."""
-    state_dict = state_dict.get("model", state_dict)
+    """timm (`stages.*`, `patch_embed.convN`) or official (`blocks1..3`, `.c`, `.l`) weights -> ours; also
+    the backbone of an official downstream (mmdet) checkpoint, `backbone.*` under `state_dict`."""
+    state_dict = backbone_state(state_dict)  # a file's container; a detector's `backbone.*`
     if any(k.startswith("blocks1.") for k in state_dict):  # official layout: to timm's first
         state_dict = drop_distillation_head(state_dict, model)
         state_dict = {rename_key(official_stage_key(k), _OFFICIAL_TO_TIMM): v for k, v in state_dict.items()}

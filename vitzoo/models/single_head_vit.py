@@ -29,6 +29,7 @@ from ..layers.conv_bn import (
 )
 from ..layers.single_head_attention import SingleHeadAttention
 from ._base import build_zoo_model
+from ._dense import backbone_state
 from ._registry import register_model
 from .efficientvit_cga import EfficientVitMacro, official_stage_key, rename_key, adapt_tensor, drop_distillation_head
 
@@ -169,8 +170,9 @@ _TIMM_TO_OURS = [
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """timm (`stages.*`, `patch_embed.N.c`) or official (`blocks1..3`) weights -> ours."""
-    state_dict = state_dict.get("model", state_dict)
+    """timm (`stages.*`, `patch_embed.N.c`) or official (`blocks1..3`) weights -> ours; also the backbone
+    of an official downstream (mmdet) checkpoint, `backbone.*` under `state_dict`."""
+    state_dict = backbone_state(state_dict)  # a file's container; a detector's `backbone.*`
     if any(k.startswith("blocks1.") for k in state_dict):  # official layout: to timm's first
         state_dict = drop_distillation_head(state_dict, model)
         state_dict = {rename_key(official_stage_key(k), _OFFICIAL_TO_TIMM): v for k, v in state_dict.items()}
