@@ -36,7 +36,7 @@ from vitzoo.layers.pooling_mixer import Pooling
 from vitzoo.layers.sep_conv_mixer import SepConv, StarReLU
 
 from ._base import HierarchicalBackbone, build_zoo_model
-from ._dense import FeatureNormsMixin, dense_backbone_weights, take_feature_norms
+from ._dense import FeatureNormsMixin, backbone_state, take_feature_norms
 from ._registry import register_model
 
 __all__ = ["MetaFormer", "checkpoint_filter_fn"]
@@ -304,10 +304,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     of a sail-sg/poolformer mmdet / mmseg checkpoint (`backbone.*`, per-output norms `norm0/2/4/6`)
     loads into a PoolFormer v1 built with `feature_norms=True`.
     """
-    for wrapper in ("state_dict", "model"):
-        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
-            state_dict = state_dict[wrapper]
-    state_dict = dense_backbone_weights(state_dict)
+    state_dict = backbone_state(state_dict)  # a file's container; a detector's `backbone.*`
     official = None  # which head computation the weights were trained with (None: ours, keep the model's)
     if "network.0.0.mlp.fc1.weight" in state_dict:
         # a dense backbone (no `norm`/`head`: norms per output instead) leaves the head as it is
