@@ -54,15 +54,13 @@ def test_official_downstream_checkpoint_loads_and_gives_the_twins_maps(name, tmp
     x = torch.randn(1, 3, 161, 227)
     with torch.no_grad():
         want = twin(x)
-    loaded = [
-        timm.create_model(f"vitzoo_{name}", features_only=True, pretrained=True,
-                          pretrained_cfg_overlay=dict(file=str(path))).eval(),
-    ]
+    m1 = timm.create_model(f"vitzoo_{name}", features_only=True, pretrained=True,
+                           pretrained_cfg_overlay=dict(file=str(path))).eval()
     m2 = timm.create_model(f"vitzoo_{name}", features_only=True).eval()
     m2.load_state_dict(torch.load(path, weights_only=True)["state_dict"], strict=True)
     m3 = timm.create_model(f"vitzoo_{name}", features_only=True).eval()
     m3.model.load_state_dict(module.checkpoint_filter_fn(torch.load(path, weights_only=True), m3.model), strict=True)
-    for m in [*loaded, m2, m3]:
+    for m in (m1, m2, m3):
         with torch.no_grad():
             got = m(x)
         assert [tuple(g.shape) for g in got] == [tuple(w.shape) for w in want]

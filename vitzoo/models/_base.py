@@ -96,6 +96,15 @@ def _adapt_foreign_layout(module: nn.Module, state_dict: dict, prefix: str, *arg
     state_dict.update({prefix + k: v for k, v in sub.items()})
 
 
+def unwrap_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The weights inside a training checkpoint (`model` / `state_dict` entries, DDP `module.` prefix)."""
+    for key in ("model", "state_dict"):
+        if isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+            break
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+
+
 def to_zoo_layout(model: nn.Module, state_dict: dict) -> dict:
     """`state_dict` in `model`'s own key layout: what `model.load_state_dict` would load after its
     pre-hook converted a timm or official layout (for callers that check keys before loading)."""

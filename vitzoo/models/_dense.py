@@ -9,7 +9,7 @@ model without its final norm and head, plus one norm per stage output (`norm0..n
 what mmdet / mmseg save: `{'meta', 'state_dict': {'backbone.*', 'neck.*', 'rpn_head.*', ...}}`.
 
 `FeatureNormsMixin` gives a hierarchical family those per-output norms (model argument
-`feature_norms=True`); `dense_backbone_weights` and `take_feature_norms` are the two steps a
+`feature_norms=True`); `backbone_state` and `take_feature_norms` are the two steps a
 family's `checkpoint_filter_fn` adds to read such a checkpoint.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from timm.models._features import feature_take_indices
 
-from ._base import _to_fmt
+from ._base import _to_fmt, unwrap_state_dict
 
 __all__ = ["FeatureNormsMixin", "backbone_state", "dense_backbone_weights", "take_feature_norms"]
 
@@ -81,13 +81,9 @@ def dense_backbone_weights(state_dict: dict[str, Any]) -> dict[str, Any]:
 
 
 def backbone_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The model's weights in a checkpoint file: the `model` / `state_dict` container if there is one,
-    then the backbone of an mmdet / mmseg detector (`dense_backbone_weights`)."""
-    for wrapper in ("model", "state_dict"):
-        if isinstance(checkpoint.get(wrapper), dict):
-            checkpoint = checkpoint[wrapper]
-            break
-    return dense_backbone_weights(checkpoint)
+    """The model's weights in a checkpoint file (`unwrap_state_dict`), and of those the backbone of an
+    mmdet / mmseg detector (`dense_backbone_weights`)."""
+    return dense_backbone_weights(unwrap_state_dict(checkpoint))
 
 
 def take_feature_norms(state_dict: dict[str, Any], pattern: str, model: nn.Module) -> dict[str, Any]:

@@ -38,10 +38,9 @@ from vitzoo.layers import ConvNormDownsample, MetaFormerBlock, Stage
 from vitzoo.layers.routing_attention import AttentionLePE, BiLevelRoutingAttention
 
 from ._base import HierarchicalBackbone, build_zoo_model
-from ._dense import FeatureNormsMixin, dense_backbone_weights, take_feature_norms
+from ._dense import FeatureNormsMixin, backbone_state, take_feature_norms
 from ._init import init_linear_layernorm
 from ._registry import register_model
-from .nat import unwrap_state_dict
 
 __all__ = ["BiFormer", "BiFormerBlock", "checkpoint_filter_fn"]
 
@@ -227,7 +226,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[s
     mmdet / mmseg): the `backbone.` keys only, `extra_norms.i` -> `feature_norms.i` (the model needs
     `feature_norms=True`).
     """
-    state_dict = dense_backbone_weights(unwrap_state_dict(state_dict))
+    state_dict = backbone_state(state_dict)
     if not any(k.startswith("downsample_layers.") for k in state_dict):
         return state_dict
     state_dict = take_feature_norms(state_dict, r"^extra_norms\.(\d+)\.", model)

@@ -18,9 +18,9 @@ import torch.nn as nn
 from timm.models import generate_default_cfgs
 
 from ._base import build_zoo_model
-from ._dense import dense_backbone_weights, take_feature_norms
+from ._dense import backbone_state, take_feature_norms
 from ._registry import register_model
-from .nat import NAT, _cfg, _rename_block, dinat_dilations, unwrap_state_dict
+from .nat import NAT, _cfg, _rename_block, dinat_dilations
 
 __all__ = ["checkpoint_filter_fn"]
 
@@ -35,7 +35,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[s
     `backbone.` keys only, `norm{i}` -> `feature_norms.{i}` (the model needs `feature_norms=True`).
     A state dict already in our layout is returned unchanged.
     """
-    state_dict = dense_backbone_weights(unwrap_state_dict(state_dict))
+    state_dict = backbone_state(state_dict)
     if any(k.startswith("stages.") for k in state_dict):
         return state_dict
     state_dict = take_feature_norms(state_dict, r"^norm(\d+)\.", model)

@@ -36,11 +36,11 @@ from vitzoo.layers.neighborhood_attention import NeighborhoodAttention2D
 from vitzoo.layers.patch_merging import PatchMerging
 
 from ._base import HierarchicalBackbone, build_zoo_model
-from ._dense import FeatureNormsMixin, dense_backbone_weights, take_feature_norms
+from ._dense import FeatureNormsMixin, backbone_state, take_feature_norms
 from ._init import init_linear_layernorm
 from ._registry import register_model
 
-__all__ = ["NAT", "nat_block", "unwrap_state_dict", "checkpoint_filter_fn"]
+__all__ = ["NAT", "nat_block", "checkpoint_filter_fn"]
 
 
 def nat_block(
@@ -173,15 +173,6 @@ class NAT(FeatureNormsMixin, HierarchicalBackbone):
 
 
 # ---- official checkpoints ----------------------------------------------------------------------
-def unwrap_state_dict(state_dict: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The weights inside a training checkpoint (`model` / `state_dict` entries, DDP `module.` prefix)."""
-    for key in ("model", "state_dict"):
-        if isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-            break
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
-
-
 def _rename_block(key: str) -> str:
     """Official block names -> MetaFormerBlock names (`attn` -> `token_mixer`, `gammaN` -> `layer_scaleN.scale`)."""
     key = key.replace(".attn.", ".token_mixer.")
@@ -198,7 +189,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[s
     keys only, their per-output norms `norm{i}` -> `feature_norms.{i}` (the model needs
     `feature_norms=True`). A state dict already in our layout is returned unchanged.
     """
-    state_dict = dense_backbone_weights(unwrap_state_dict(state_dict))
+    state_dict = backbone_state(state_dict)
     if any(k.startswith("stages.") for k in state_dict):
         return state_dict
     state_dict = take_feature_norms(state_dict, r"^norm(\d+)\.", model)

@@ -27,10 +27,10 @@ from timm.models import generate_default_cfgs
 
 from vitzoo.layers import ConvStem, Stage
 
-from ._base import HierarchicalBackbone, build_zoo_model
+from ._base import HierarchicalBackbone, build_zoo_model, unwrap_state_dict
 from ._registry import register_model
 from ._init import init_linear_layernorm
-from .nat import _cfg, _rename_block, nat_block, unwrap_state_dict
+from .nat import _cfg, _rename_block, nat_block
 
 __all__ = ["NATIsotropic", "checkpoint_filter_fn"]
 

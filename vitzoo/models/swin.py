@@ -57,7 +57,7 @@ from ..layers.patch_merging import PatchMerging
 from ..layers.window import clamp_window_to_map
 from ..layers.window_attention import ShiftedWindowAttention
 from ._base import HierarchicalBackbone, ZooFeatureGetterNet, _is_tracing, build_zoo_model
-from ._dense import FeatureNormsMixin, dense_backbone_weights, take_feature_norms
+from ._dense import FeatureNormsMixin, backbone_state, take_feature_norms
 from ._init import init_linear_layernorm
 from ._registry import register_model
 
@@ -363,9 +363,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SwinTransfo
       mmdet / mmseg): the `backbone.` keys in the official layout, with the per-output norms
       `norm{i}` -> `feature_norms.{i}` (the model needs `feature_norms=True`).
     """
-    state_dict = state_dict.get("model", state_dict)
-    state_dict = state_dict.get("state_dict", state_dict)
-    state_dict = dense_backbone_weights(state_dict)
+    state_dict = backbone_state(state_dict)
     if any(k.startswith("stages.") for k in state_dict):
         return state_dict  # already ours
     state_dict = take_feature_norms(state_dict, r"^norm(\d+)\.", model)
